@@ -1,0 +1,49 @@
+"""Durable execution for existing Celery apps."""
+
+from .durable import Durable
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    DurableError,
+    InvalidArgumentError,
+    LeaseLostError,
+    MaxStepAttemptsError,
+    MessageTooLargeError,
+    NonDeterministicWorkflowError,
+    NonExistentWorkflowError,
+    NotInWorkflowError,
+    ResultTimeoutError,
+    SchemaVersionError,
+    SendFromStepError,
+    SerializationError,
+    StepError,
+    WorkflowFailedError,
+    WorkflowNotRegisteredError,
+)
+from .step import Step
+from .workflow import Workflow, WorkflowHandle, WorkflowStatus
+
+__all__ = [
+    "ConfigurationError",
+    "DatabaseUnavailableError",
+    "Durable",
+    "DurableError",
+    "InvalidArgumentError",
+    "LeaseLostError",
+    "MaxStepAttemptsError",
+    "MessageTooLargeError",
+    "NonDeterministicWorkflowError",
+    "NonExistentWorkflowError",
+    "NotInWorkflowError",
+    "ResultTimeoutError",
+    "SchemaVersionError",
+    "SendFromStepError",
+    "SerializationError",
+    "Step",
+    "StepError",
+    "Workflow",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowNotRegisteredError",
+    "WorkflowStatus",
+]

@@ -1,0 +1,62 @@
+"""The running workflow's context, held in a contextvar.
+
+A context knows the workflow id, the checkpoints recorded so far (read once
+when the workflow is claimed) and the next sequence number. Every durable
+operation takes the next number; on replay the recorded value at that number
+is returned instead of doing the work again.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import NonDeterministicWorkflowError, NotInWorkflowError
+
+if TYPE_CHECKING:
+    from .database import StepRow
+
+
+@dataclass
+class WorkflowContext:
+    workflow_id: str
+    executor_id: str
+    recorded: dict[int, StepRow] = field(default_factory=dict)
+    seq: int = 0
+    in_step: bool = False
+
+    def next_seq(self) -> int:
+        seq = self.seq
+        self.seq += 1
+        return seq
+
+    def replay(self, seq: int, name: str) -> StepRow | None:
+        """The checkpoint recorded at ``seq``, checked against ``name``."""
+        row = self.recorded.get(seq)
+        if row is not None and row.name != name:
+            raise NonDeterministicWorkflowError(self.workflow_id, seq, row.name, name)
+        return row
+
+
+_current: ContextVar[WorkflowContext | None] = ContextVar("dbos_celery_workflow", default=None)
+
+
+def current() -> WorkflowContext | None:
+    return _current.get()
+
+
+def require_workflow(call: str) -> WorkflowContext:
+    """The running workflow's context, outside any step; else a clear error."""
+    ctx = _current.get()
+    if ctx is None or ctx.in_step:
+        raise NotInWorkflowError(call)
+    return ctx
+
+
+def enter(ctx: WorkflowContext | None) -> object:
+    return _current.set(ctx)
+
+
+def leave(token: object) -> None:
+    _current.reset(token)  # type: ignore[arg-type]

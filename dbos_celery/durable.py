@@ -1,0 +1,282 @@
+"""Durable: binds a Celery app to a database and a wakeup channel.
+
+Nothing connects at construction: engines, Redis clients and threads are
+made per process on first use (or in Celery's ``worker_process_init`` after
+the prefork pool forks a child), never at import or in the parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from celery import Celery, signals
+from celery.utils.imports import gen_task_name
+
+from . import context, messaging
+from . import database as db
+from .database import Database
+from .errors import ConfigurationError, InvalidArgumentError, NonExistentWorkflowError
+from .recovery import ProcessRuntime, Sweeper
+from .serialization import Serializer
+from .step import Step
+from .validation import check_id
+from .wakeup import LocalNotifier, Notifier, RedisNotifier, key
+from .workflow import Workflow, WorkflowHandle, WorkflowStatus, execute
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+P = ParamSpec("P")
+R = TypeVar("R")
+log = logging.getLogger("dbos_celery")
+
+
+class Durable:
+    """Durable workflows for one Celery app.
+
+    ``database_url`` (or a caller's ``engine``) is the source of truth;
+    ``redis_url`` carries wakeup hints (None: in-process wakeups plus polling
+    every ``poll_interval`` seconds).
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        database_url: str | None = None,
+        *,
+        redis_url: str | None = None,
+        engine: Engine | None = None,
+        schema: str = "dbos_celery",
+        serializer: str = "json",
+        poll_interval: float = 1.0,
+        heartbeat_interval: float = 0.5,
+        worker_timeout: float = 2.0,
+        sweep_interval: float = 0.5,
+        enqueued_timeout: float = 30.0,
+        max_recovery_attempts: int = 50,
+        max_message_bytes: int = 1 << 20,
+        database_retry_timeout: float = 10.0,
+    ) -> None:
+        if not isinstance(app, Celery):
+            raise ConfigurationError("Durable(app, ...) needs a celery.Celery app")
+        database_url = database_url or os.environ.get("DBOS_CELERY_DATABASE_URL")
+        if database_url is None and engine is None:
+            raise ConfigurationError(
+                "no database: pass Durable(app, database_url='postgresql://...') "
+                "or set DBOS_CELERY_DATABASE_URL"
+            )
+        if heartbeat_interval <= 0 or worker_timeout <= heartbeat_interval:
+            raise ConfigurationError("worker_timeout must exceed heartbeat_interval (> 0)")
+        if poll_interval <= 0 or sweep_interval <= 0:
+            raise ConfigurationError("poll_interval and sweep_interval must be > 0")
+        self.app = app
+        self.db = Database(
+            database_url, engine=engine, schema=schema, retry_timeout=database_retry_timeout
+        )
+        self.serializer = Serializer(serializer)
+        self.notifier: Notifier = (
+            RedisNotifier(redis_url, f"dbos_celery:{schema}") if redis_url else LocalNotifier()
+        )
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = heartbeat_interval
+        self.worker_timeout = worker_timeout
+        self.sweep_interval = sweep_interval
+        self.enqueued_timeout = enqueued_timeout
+        self.max_recovery_attempts = max_recovery_attempts
+        self.max_message_bytes = max_message_bytes
+        self.workflows: dict[str, Workflow[Any, Any]] = {}
+        self._runtime: ProcessRuntime | None = None
+        self._sweeper: Sweeper | None = None
+        signals.worker_process_init.connect(self._on_process_init)
+        signals.worker_process_shutdown.connect(self._on_process_shutdown)
+        signals.worker_ready.connect(self._on_worker_ready)
+        signals.worker_shutdown.connect(self._on_worker_shutdown)
+        signals.task_received.connect(self._on_task_received)
+
+    # --- decorators ---------------------------------------------------------
+
+    def workflow(
+        self, name: str | None = None, **task_options: Any
+    ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
+        """Make a function a durable workflow and register its Celery task
+        (named as Celery names tasks, so task_routes and queues apply)."""
+
+        def decorate(fn: Callable[P, R]) -> Workflow[P, R]:
+            task_name = name or gen_task_name(self.app, fn.__name__, fn.__module__)
+            if task_name in self.workflows:
+                raise ConfigurationError(f"a workflow named {task_name!r} is already registered")
+
+            def run(workflow_id: str) -> None:
+                execute(self, workflow_id)
+
+            run.__name__ = fn.__name__
+            run.__qualname__ = fn.__qualname__
+            run.__module__ = fn.__module__
+            run.__doc__ = fn.__doc__
+            options = {"ignore_result": True, **task_options}
+            task = self.app.task(name=task_name, shared=False, **options)(run)
+            wf = Workflow(self, fn, task_name, task)
+            self.workflows[task_name] = wf
+            return wf
+
+        return decorate
+
+    def step(
+        self,
+        *,
+        name: str | None = None,
+        max_attempts: int = 1,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Callable[[Callable[P, R]], Step[P, R]]:
+        """A checkpointed step; retried ``max_attempts`` times, sleeping
+        ``interval * backoff**n`` between attempts."""
+
+        def decorate(f: Callable[P, R]) -> Step[P, R]:
+            step_name = name or f"{f.__module__}.{f.__qualname__}"
+            return Step(self, f, step_name, max_attempts, interval, backoff, retry_on)
+
+        return decorate
+
+    # --- inside a workflow --------------------------------------------------
+
+    @property
+    def workflow_id(self) -> str:
+        """The id of the workflow running in this context."""
+        return context.require_workflow("durable.workflow_id").workflow_id
+
+    def recv(self, topic: str | None = None, timeout: float = 60.0) -> Any:
+        """The oldest message for this workflow on ``topic``, or None after
+        ``timeout`` seconds (a durable deadline). Exactly once per message."""
+        return messaging.recv(self, topic, timeout)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep durably: a recovered workflow sleeps only for what was left."""
+        messaging.sleep(self, seconds)
+
+    def set_event(self, key: str, value: Any) -> None:
+        """Publish a key/value event of this workflow (last write wins)."""
+        messaging.set_event(self, key, value)
+
+    # --- from anywhere ------------------------------------------------------
+
+    def send(
+        self,
+        destination_id: str,
+        message: Any,
+        topic: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Store ``message`` for workflow ``destination_id``. From a workflow:
+        exactly once across replays. From outside: once per idempotency key."""
+        messaging.send(self, destination_id, message, topic, idempotency_key)
+
+    def get_event(self, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
+        """The value of a workflow's event, waiting up to ``timeout`` for it."""
+        return messaging.get_event(self, workflow_id, key, timeout)
+
+    def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
+        check_id(workflow_id, "workflow_id")
+        if not self.db.run(db.workflow_exists, workflow_id):
+            raise NonExistentWorkflowError(workflow_id)
+        return WorkflowHandle(self, workflow_id)
+
+    def list_workflows(
+        self,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        parent: str | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+        newest_first: bool = False,
+    ) -> list[WorkflowStatus]:
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise InvalidArgumentError(f"limit must be an int >= 0, got {limit!r}")
+        rows = self.db.run(
+            lambda conn: db.list_workflows(
+                conn, status=status, name=name, parent=parent,
+                limit=limit, offset=offset, newest_first=newest_first,
+            )
+        )  # fmt: skip
+        return [WorkflowStatus.from_row(self, r) for r in rows]
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema now (otherwise done on first use)."""
+        self.db.migrate()
+
+    # --- plumbing -----------------------------------------------------------
+
+    @staticmethod
+    def done_key(workflow_id: str) -> str:
+        return key("d", workflow_id)
+
+    def publish(self, workflow_id: str, name: str) -> None:
+        """Publish the Celery message that runs a workflow: only its id."""
+        wf = self.workflows.get(name)
+        if wf is not None:
+            wf.task.apply_async((workflow_id,), task_id=workflow_id)
+        else:
+            self.app.send_task(name, (workflow_id,), task_id=workflow_id)
+
+    def runtime(self) -> ProcessRuntime:
+        """This process's runtime (made anew in a forked child)."""
+        rt = self._runtime
+        if rt is None or rt.pid != os.getpid():
+            rt = self._runtime = ProcessRuntime(self)
+        return rt
+
+    def sweep(self) -> list[db.Recovered]:
+        """Run one recovery sweep now; returns what it re-published."""
+        return Sweeper(self, self.publish).sweep_once()
+
+    def close(self) -> None:
+        """Stop this process's threads and close what this object created."""
+        if self._sweeper is not None:
+            self._sweeper.stop()
+            self._sweeper = None
+        if self._runtime is not None and self._runtime.pid == os.getpid():
+            self._runtime.stop()
+        self._runtime = None
+        self.notifier.stop()
+        self.db.dispose()
+
+    # --- Celery worker lifecycle --------------------------------------------
+
+    def _mine(self, sender: Any) -> bool:
+        app = getattr(sender, "app", None)
+        return app is self.app
+
+    def _on_process_init(self, **_: Any) -> None:
+        self.runtime().start()
+        self.notifier.start()
+
+    def _on_process_shutdown(self, **_: Any) -> None:
+        if self._runtime is not None and self._runtime.pid == os.getpid():
+            self._runtime.stop()
+            self._runtime = None
+
+    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
+        if not self._mine(sender):
+            return
+        self.db.migrate()
+        self.runtime().start()
+        self.notifier.start()
+        if self._sweeper is None:
+            self._sweeper = Sweeper(self, self.publish)
+            self._sweeper.start()
+
+    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
+        if self._mine(sender):
+            self.close()
+
+    def _on_task_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        if not self._mine(sender) or request is None:
+            return
+        if getattr(request, "name", None) in self.workflows:
+            self.runtime().note_reserved(request.id)

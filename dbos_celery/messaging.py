@@ -1,0 +1,189 @@
+"""send / recv / events, and durable sleep.
+
+Postgres holds every message until one ``recv`` consumes it; Redis only
+carries hints that something committed. A recv takes two sequence numbers:
+one for its outcome and one for its deadline, checkpointed the first time it
+has to wait, so a recovered workflow waits only for the time that was left.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import context
+from . import database as db
+from .errors import (
+    LeaseLostError,
+    MessageTooLargeError,
+    NonExistentWorkflowError,
+    SendFromStepError,
+)
+from .step import durable_deadline, record, replayed
+from .validation import check_id, check_timeout, check_topic
+from .wakeup import key
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+    from .context import WorkflowContext
+    from .durable import Durable
+
+SEND = "durable.send"
+RECV = "durable.recv"
+SET_EVENT = "durable.set_event"
+GET_EVENT = "durable.get_event"
+SLEEP = "durable.sleep"
+DEADLINE = "durable.deadline"
+
+
+def _payload(d: Durable, value: Any, what: str) -> bytes:
+    data = d.serializer.dumps(value, what)
+    if len(data) > d.max_message_bytes:
+        raise MessageTooLargeError(len(data), d.max_message_bytes)
+    return data
+
+
+def send(
+    d: Durable,
+    destination_id: str,
+    message: Any,
+    topic: str | None = None,
+    idempotency_key: str | None = None,
+) -> None:
+    check_id(destination_id, "destination_id")
+    t = check_topic(topic)
+    if idempotency_key is not None:
+        check_id(idempotency_key, "idempotency_key")
+    payload = _payload(d, message, "message")
+    ctx = context.current()
+    if ctx is not None and ctx.in_step and idempotency_key is None:
+        raise SendFromStepError(destination_id)
+    if ctx is None or ctx.in_step:
+        if not d.db.run(db.insert_message, destination_id, t, payload, idempotency_key):
+            if not d.db.run(db.workflow_exists, destination_id):
+                raise NonExistentWorkflowError(destination_id)
+            return  # a retried send with the same key: stored once already
+    else:
+        seq = ctx.next_seq()
+        if ctx.replay(seq, SEND) is not None:
+            return  # sent on an earlier run of this workflow
+
+        def tx(conn: Connection) -> None:
+            if not db.insert_message(conn, destination_id, t, payload, idempotency_key):
+                if not db.workflow_exists(conn, destination_id):
+                    raise NonExistentWorkflowError(destination_id)
+            db.insert_step(conn, ctx.workflow_id, seq, SEND, None, None)
+
+        _checkpointed(d, ctx, tx)
+    d.notifier.notify(key("m", destination_id, t))
+
+
+def _checkpointed(d: Durable, ctx: WorkflowContext, tx: Callable[[Connection], None]) -> None:
+    try:
+        d.db.run(tx)
+    except Exception as exc:
+        if db.is_conflict(exc):
+            raise LeaseLostError(ctx.workflow_id) from exc
+        raise
+
+
+def recv(d: Durable, topic: str | None = None, timeout: float = 60.0) -> Any:
+    ctx = context.require_workflow("durable.recv")
+    t = check_topic(topic)
+    check_timeout(timeout)
+    seq, deadline_seq = ctx.next_seq(), ctx.next_seq()
+    row = ctx.replay(seq, RECV)
+    if row is not None:
+        return replayed(d, row)
+    wid = ctx.workflow_id
+
+    def consume() -> tuple[bytes] | None:
+        return d.db.run(db.consume_message, wid, t, seq, RECV)
+
+    got = _wait(d, ctx, key("m", wid, t), consume, deadline_seq, timeout)
+    if got is None:
+        record(d, ctx, seq, RECV, d.serializer.dumps(None))
+        return None
+    return d.serializer.loads(got[0])
+
+
+def _wait(
+    d: Durable,
+    ctx: WorkflowContext,
+    k: str,
+    check: Callable[[], tuple[bytes] | None],
+    deadline_seq: int,
+    timeout: float,
+) -> tuple[bytes] | None:
+    """Register, check, then wait-and-recheck until found or the durable
+    deadline passes. The deadline is checkpointed only when a wait is needed."""
+    d.notifier.start()
+    with d.notifier.waiters.register(k) as waiter:
+        got = check()
+        if got is not None or timeout == 0 and ctx.replay(deadline_seq, DEADLINE) is None:
+            return got
+        deadline = durable_deadline(d, ctx, deadline_seq, DEADLINE, timeout)
+        while True:
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                return None
+            waiter.wait(min(remaining, d.poll_interval))
+            got = check()
+            if got is not None:
+                return got
+
+
+def set_event(d: Durable, key_: str, value: Any) -> None:
+    ctx = context.require_workflow("durable.set_event")
+    check_id(key_, "key")
+    data = _payload(d, value, f"value of event {key_!r}")
+    seq = ctx.next_seq()
+    if ctx.replay(seq, SET_EVENT) is not None:
+        return
+
+    def tx(conn: Connection) -> None:
+        db.upsert_event(conn, ctx.workflow_id, key_, data)
+        db.insert_step(conn, ctx.workflow_id, seq, SET_EVENT, None, None)
+
+    _checkpointed(d, ctx, tx)
+    d.notifier.notify(key("e", ctx.workflow_id, key_))
+
+
+def get_event(d: Durable, workflow_id: str, key_: str, timeout: float = 60.0) -> Any:
+    check_id(workflow_id, "workflow_id")
+    check_id(key_, "key")
+    check_timeout(timeout)
+    k = key("e", workflow_id, key_)
+
+    def read() -> tuple[bytes] | None:
+        return d.db.run(db.get_event, workflow_id, key_)
+
+    ctx = context.current()
+    if ctx is None or ctx.in_step:
+        d.notifier.start()
+        deadline = time.monotonic() + timeout
+        with d.notifier.waiters.register(k) as waiter:
+            while True:
+                got = read()
+                remaining = deadline - time.monotonic()
+                if got is not None or remaining <= 0:
+                    return None if got is None else d.serializer.loads(got[0])
+                waiter.wait(min(remaining, d.poll_interval))
+    seq, deadline_seq = ctx.next_seq(), ctx.next_seq()
+    row = ctx.replay(seq, GET_EVENT)
+    if row is not None:
+        return replayed(d, row)
+    got = _wait(d, ctx, k, read, deadline_seq, timeout)
+    record(d, ctx, seq, GET_EVENT, None if got is None else got[0])
+    return None if got is None else d.serializer.loads(got[0])
+
+
+def sleep(d: Durable, seconds: float) -> None:
+    ctx = context.require_workflow("durable.sleep")
+    check_timeout(seconds)
+    wake = durable_deadline(d, ctx, ctx.next_seq(), SLEEP, seconds)
+    remaining = wake - time.time()
+    if remaining > 0:
+        time.sleep(remaining)

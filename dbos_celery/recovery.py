@@ -1,0 +1,146 @@
+"""Heartbeats and the recovery sweep.
+
+Every process that runs workflows has a :class:`ProcessRuntime`: an executor
+id, and a heartbeat thread that keeps its row in ``workers`` fresh (and
+records which workflow messages this process has received but not started,
+so that a dead worker's prefetched messages are found at once). The worker's
+main process also runs a :class:`Sweeper`: one sweep at a time across the
+cluster (an advisory lock) re-publishes the workflows of dead executors and
+enqueued workflows that no worker received. Recovery never waits for the
+broker's visibility timeout nor relies on acks_late.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from . import database as db
+
+if TYPE_CHECKING:
+    from .durable import Durable
+
+log = logging.getLogger("dbos_celery")
+
+
+class ProcessRuntime:
+    """Per-process state: created lazily, and again after a fork."""
+
+    def __init__(self, durable: Durable) -> None:
+        self.durable = durable
+        self.pid = os.getpid()
+        self.hostname = socket.gethostname()
+        self.executor_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
+        self._reserved: list[str] = []
+        self._lock = threading.Lock()  # guards _reserved
+        self._start_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Write the first heartbeat before any claim, then keep beating."""
+        if self._thread is not None:
+            return
+        with self._start_lock:
+            if self._thread is not None:
+                return
+            self._beat()
+            self._thread = threading.Thread(
+                target=self._loop, name="dbos-celery-heartbeat", daemon=True
+            )
+            self._thread.start()
+
+    def note_reserved(self, workflow_id: str) -> None:
+        with self._lock:
+            self._reserved.append(workflow_id)
+
+    def _beat(self) -> None:
+        with self._lock:
+            reserved, self._reserved = self._reserved, []
+        self.durable.db.run(db.heartbeat, self.executor_id, self.hostname, self.pid, reserved)
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stop.wait(self.durable.heartbeat_interval):
+            try:
+                self._beat()
+                if failing:
+                    log.info("heartbeat works again")
+                    failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("heartbeat failed (%s); retrying", exc)
+                    failing = True
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=3)
+        try:
+            self.durable.db.run(db.delete_worker, self.executor_id)
+        except Exception as exc:
+            log.warning("could not remove worker row %s (%s)", self.executor_id, exc)
+
+
+class Sweeper:
+    """Runs the recovery sweep every ``sweep_interval`` seconds in a thread."""
+
+    def __init__(self, durable: Durable, publish: Callable[[str, str], None]) -> None:
+        self.durable = durable
+        self.publish = publish
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep_once(self) -> list[db.Recovered]:
+        d = self.durable
+        recovered = d.db.run(
+            db.sweep,
+            d.db.schema,
+            d.worker_timeout,
+            d.max_recovery_attempts,
+            d.enqueued_timeout,
+        )
+        for r in recovered or ():
+            if r.status == db.ENQUEUED:
+                log.info("recovering workflow %s (%s)", r.id, r.name, extra={"workflow_id": r.id})
+                self.publish(r.id, r.name)
+            else:
+                log.error(
+                    "workflow %s exceeded max_recovery_attempts=%d; not retrying it",
+                    r.id,
+                    d.max_recovery_attempts,
+                    extra={"workflow_id": r.id},
+                )
+                d.notifier.notify(d.done_key(r.id))
+        return list(recovered or ())
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._loop, name="dbos-celery-sweeper", daemon=True
+            )
+            self._thread.start()
+
+    def _loop(self) -> None:
+        failing = False
+        while True:
+            try:
+                self.sweep_once()
+                failing = False
+            except Exception as exc:
+                if not failing:
+                    log.warning("recovery sweep failed (%s); retrying", exc)
+                    failing = True
+            if self._stop.wait(self.durable.sweep_interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None

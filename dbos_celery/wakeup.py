@@ -1,0 +1,214 @@
+"""Wakeups: in-process waiters, and the notifiers that wake them.
+
+Pub/sub is a hint; Postgres is the truth. A waiter registers its key, reads
+Postgres, and only then waits, with a bound, before reading again: a message
+that commits in between is either seen by the read or wakes the wait, and a
+lost hint costs at most one poll interval.
+
+One Redis subscriber thread per process listens on a single channel and fans
+hints out to the waiters of that process (saq's multiplexer does the same).
+After a reconnect it wakes every waiter, since hints may have been missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
+
+import redis
+
+log = logging.getLogger("dbos_celery")
+
+SEP = "\x1f"
+
+
+def key(kind: str, workflow_id: str, name: str = "") -> str:
+    """The wakeup key of a mailbox ("m"), an event ("e") or an outcome ("d")."""
+    return f"{kind}{SEP}{workflow_id}{SEP}{name}"
+
+
+class Waiter:
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until woken or ``timeout``; re-arm for the next wait."""
+        woken = self._event.wait(timeout)
+        self._event.clear()
+        return woken
+
+    def wake(self) -> None:
+        self._event.set()
+
+
+class Waiters:
+    """The waiters of one process, keyed by what they wait for."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, set[Waiter]] = {}
+
+    @contextmanager
+    def register(self, k: str) -> Iterator[Waiter]:
+        w = Waiter()
+        with self._lock:
+            self._by_key.setdefault(k, set()).add(w)
+        try:
+            yield w
+        finally:
+            with self._lock:
+                group = self._by_key.get(k)
+                if group is not None:
+                    group.discard(w)
+                    if not group:
+                        del self._by_key[k]
+
+    def wake(self, k: str) -> None:
+        with self._lock:
+            group = list(self._by_key.get(k, ()))
+        for w in group:
+            w.wake()
+
+    def wake_all(self) -> None:
+        with self._lock:
+            group = [w for ws in self._by_key.values() for w in ws]
+        for w in group:
+            w.wake()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(ws) for ws in self._by_key.values())
+
+
+class Notifier(Protocol):
+    """Carries "something committed under this key" to waiters."""
+
+    waiters: Waiters
+
+    def notify(self, k: str) -> None:
+        """Called after the commit; must never raise."""
+
+    def start(self) -> None:
+        """Begin listening in this process (idempotent)."""
+
+    def stop(self) -> None: ...
+
+
+class LocalNotifier:
+    """In-process wakeups only; other processes are reached by polling."""
+
+    def __init__(self) -> None:
+        self.waiters = Waiters()
+
+    def notify(self, k: str) -> None:
+        self.waiters.wake(k)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+class RedisNotifier:
+    """Redis PUBLISH after commit; one subscriber thread per process."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self.url = url
+        self.channel = channel
+        self.waiters = Waiters()
+        self._client: redis.Redis | None = None
+        self._pid = 0
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._publish_failing = False
+        self._listen_failing = False
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None or self._pid != os.getpid():
+            self._client = redis.Redis.from_url(
+                self.url, socket_timeout=2.0, socket_connect_timeout=1.0
+            )
+            self._pid = os.getpid()
+            self._thread = None
+            self._subscribed.clear()
+        return self._client
+
+    def notify(self, k: str) -> None:
+        self.waiters.wake(k)
+        try:
+            self._redis().publish(self.channel, k)
+        except (redis.RedisError, OSError) as exc:
+            if not self._publish_failing:
+                log.warning(
+                    "Redis wakeup publish failed (%s); messages are still delivered "
+                    "through Postgres polling. Logged once until Redis recovers.",
+                    exc,
+                )
+                self._publish_failing = True
+            return
+        if self._publish_failing:
+            log.info("Redis wakeup publish works again")
+            self._publish_failing = False
+
+    def start(self, wait: float = 1.0) -> None:
+        self._redis()
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._listen, name="dbos-celery-wakeups", daemon=True
+            )
+            self._thread.start()
+        self._subscribed.wait(wait)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(timeout=3)
+        self._thread = None
+
+    def _listen(self) -> None:
+        delay = 0.05
+        while not self._stop.is_set():
+            pubsub = None
+            try:
+                client = redis.Redis.from_url(
+                    self.url, socket_connect_timeout=1.0, health_check_interval=10
+                )
+                pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                if self._listen_failing:
+                    log.info("Redis wakeup subscriber reconnected")
+                    self._listen_failing = False
+                delay = 0.05
+                self.waiters.wake_all()  # hints may have been lost meanwhile
+                while not self._stop.is_set():
+                    m = pubsub.get_message(timeout=1.0)
+                    if m is not None and m["type"] == "message":
+                        data = m["data"]
+                        self.waiters.wake(data.decode() if isinstance(data, bytes) else data)
+            except (redis.RedisError, OSError, ValueError) as exc:
+                self._subscribed.clear()
+                if not self._listen_failing:
+                    log.warning(
+                        "Redis wakeup subscriber lost its connection (%s); waiters fall "
+                        "back to polling until it reconnects",
+                        exc,
+                    )
+                    self._listen_failing = True
+                self._stop.wait(delay)
+                delay = min(delay * 2, 1.0)
+            finally:
+                if pubsub is not None:
+                    try:
+                        pubsub.close()
+                    except Exception:
+                        pass

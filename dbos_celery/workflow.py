@@ -1,0 +1,242 @@
+"""Running and replaying a workflow; handles; status.
+
+A workflow runs as the body of a Celery task whose message carries only the
+workflow id. The worker claims the row (the lease) and reads every recorded
+checkpoint in one round trip, then runs the function; each durable call
+inside it replays from those checkpoints until it reaches new ground.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from . import context
+from . import database as db
+from .context import WorkflowContext
+from .errors import (
+    LeaseLostError,
+    NonExistentWorkflowError,
+    ResultTimeoutError,
+    WorkflowFailedError,
+    WorkflowNotRegisteredError,
+)
+from .step import record, replayed
+from .validation import check_id, check_timeout
+
+if TYPE_CHECKING:
+    from celery import Task
+
+    from .durable import Durable
+
+P = ParamSpec("P")
+R = TypeVar("R")
+log = logging.getLogger("dbos_celery")
+
+
+@dataclass(frozen=True)
+class WorkflowStatus:
+    workflow_id: str
+    name: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    recovery_attempts: int
+    executor_id: str | None
+    parent_id: str | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, durable: Durable, row: db.WorkflowRow) -> WorkflowStatus:
+        error = None
+        if row.error is not None:
+            exc = durable.serializer.loads_error(row.error)
+            error = f"{type(exc).__name__}: {exc}"
+        return cls(
+            row.id, row.name, row.status, row.created_at, row.updated_at,
+            row.recovery_attempts, row.executor_id, row.parent_id, error,
+        )  # fmt: skip
+
+
+class WorkflowHandle(Generic[R]):
+    """A reference to a workflow by id, from any process."""
+
+    def __init__(self, durable: Durable, workflow_id: str) -> None:
+        self.durable = durable
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+    def status(self) -> WorkflowStatus:
+        row = self.durable.db.run(db.get_workflow, self.workflow_id)
+        if row is None:
+            raise NonExistentWorkflowError(self.workflow_id)
+        return WorkflowStatus.from_row(self.durable, row)
+
+    def result(self, timeout: float | None = None) -> R:
+        """The workflow's output, or its error raised. Inside a workflow the
+        outcome is checkpointed, so a replay does not wait again."""
+        check_timeout(timeout, allow_none=True)
+        ctx = context.current()
+        if ctx is None or ctx.in_step:
+            return self._wait(timeout)
+        seq = ctx.next_seq()
+        name = "durable.result"
+        row = ctx.replay(seq, name)
+        if row is not None:
+            return replayed(self.durable, row)  # type: ignore[no-any-return]
+        ser = self.durable.serializer
+        try:
+            out = self._wait(timeout)
+        except ResultTimeoutError:
+            raise  # not an outcome: nothing to record
+        except Exception as exc:
+            record(self.durable, ctx, seq, name, None, ser.dumps_error(exc))
+            raise
+        record(self.durable, ctx, seq, name, ser.dumps(out))
+        return out
+
+    def _wait(self, timeout: float | None) -> R:
+        d = self.durable
+        deadline = None if timeout is None else time.monotonic() + timeout
+        d.notifier.start()
+        with d.notifier.waiters.register(d.done_key(self.workflow_id)) as waiter:
+            while True:
+                got = d.db.run(db.get_status, self.workflow_id)
+                if got is None:
+                    raise NonExistentWorkflowError(self.workflow_id)
+                status, output, error = got
+                if status == db.SUCCESS:
+                    return d.serializer.loads(output)  # type: ignore[no-any-return]
+                if status == db.ERROR and error is not None:
+                    raise d.serializer.loads_error(error)
+                if status in db.FINAL_STATUSES:
+                    raise WorkflowFailedError(self.workflow_id, status)
+                wait = d.poll_interval
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise ResultTimeoutError(self.workflow_id, timeout or 0.0)
+                    wait = min(wait, remaining)
+                waiter.wait(wait)
+
+
+class Workflow(Generic[P, R]):
+    """A durable workflow function, registered as a Celery task."""
+
+    def __init__(self, durable: Durable, fn: Callable[P, R], name: str, task: Task) -> None:
+        self.durable = durable
+        self.fn = fn
+        self.name = name
+        self.task = task
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name}>"
+
+    def start(self, *args: Any, workflow_id: str | None = None, **kwargs: Any) -> WorkflowHandle[R]:
+        """Commit the workflow row, then publish its Celery message.
+
+        Idempotent on ``workflow_id``: starting an existing id returns a
+        handle to that workflow and runs nothing. Inside a workflow the start
+        is checkpointed and the child's id defaults to ``{parent_id}-{seq}``.
+        """
+        workflow_id, inserted = self._create(args, kwargs, workflow_id)
+        if inserted:
+            self.durable.publish(workflow_id, self.name)
+        return WorkflowHandle(self.durable, workflow_id)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the workflow durably in this thread and return its result."""
+        workflow_id, _ = self._create(args, kwargs, None)
+        execute(self.durable, workflow_id)
+        return WorkflowHandle[R](self.durable, workflow_id).result()
+
+    def _create(
+        self, args: Any, kwargs: dict[str, Any], workflow_id: str | None
+    ) -> tuple[str, bool]:
+        d = self.durable
+        if workflow_id is not None:
+            check_id(workflow_id, "workflow_id")
+        inputs = d.serializer.dumps(
+            {"args": list(args), "kwargs": kwargs}, f"inputs of workflow {self.name!r}"
+        )
+        ctx = context.current()
+        if ctx is None or ctx.in_step:
+            workflow_id = workflow_id or str(uuid.uuid4())
+            return workflow_id, d.db.run(db.insert_workflow, workflow_id, self.name, inputs, None)
+        # a child workflow: its start is a checkpoint of the parent
+        seq = ctx.next_seq()
+        step_name = f"durable.start:{self.name}"
+        row = ctx.replay(seq, step_name)
+        if row is not None:
+            return str(d.serializer.loads(row.output)), False
+        child_id = workflow_id or f"{ctx.workflow_id}-{seq}"
+        parent = ctx.workflow_id
+        id_bytes = d.serializer.dumps(child_id)
+
+        def tx(conn: Any) -> bool:
+            inserted = db.insert_workflow(conn, child_id, self.name, inputs, parent)
+            db.insert_step(conn, parent, seq, step_name, id_bytes, None)
+            return inserted
+
+        try:
+            return child_id, d.db.run(tx)
+        except Exception as exc:
+            if db.is_conflict(exc):
+                raise LeaseLostError(parent) from exc
+            raise
+
+
+def execute(durable: Durable, workflow_id: str) -> None:
+    """Claim and run (or replay) one workflow; the body of its Celery task.
+
+    A delivery that finds the workflow running elsewhere or finished is a
+    duplicate: it returns at once and the broker message is acknowledged.
+    """
+    d = durable
+    runtime = d.runtime()
+    runtime.start()
+    claimed = d.db.run(db.claim_workflow, workflow_id, runtime.executor_id, d.worker_timeout)
+    if claimed is None:
+        log.info("workflow %s is running elsewhere or finished; delivery dropped",
+                 workflow_id, extra={"workflow_id": workflow_id})  # fmt: skip
+        return
+    row, steps = claimed
+    executor = runtime.executor_id
+    if row.recovery_attempts > d.max_recovery_attempts:
+        d.db.run(db.finish_workflow, workflow_id, executor,
+                 db.MAX_RECOVERY_ATTEMPTS_EXCEEDED, None, None)  # fmt: skip
+        d.notifier.notify(d.done_key(workflow_id))
+        return
+    wf = d.workflows.get(row.name)
+    if wf is None:
+        d.db.run(db.release_workflow, workflow_id, executor)
+        raise WorkflowNotRegisteredError(row.name)
+    ctx = WorkflowContext(workflow_id, executor, {s.seq: s for s in steps})
+    token = context.enter(ctx)
+    status, output, error = db.SUCCESS, None, None
+    try:
+        inputs = d.serializer.loads(row.inputs)
+        result = wf.fn(*inputs["args"], **inputs["kwargs"])
+        output = d.serializer.dumps(result, f"output of workflow {row.name!r}")
+    except LeaseLostError:
+        log.warning("workflow %s: lease lost; another runner owns it now",
+                    workflow_id, extra={"workflow_id": workflow_id})  # fmt: skip
+        d.db.run(db.release_workflow, workflow_id, executor)
+        return
+    except Exception as exc:
+        status, error = db.ERROR, d.serializer.dumps_error(exc)
+        log.info("workflow %s failed: %r", workflow_id, exc, extra={"workflow_id": workflow_id})
+    finally:
+        context.leave(token)
+    d.db.run(db.finish_workflow, workflow_id, executor, status, output, error)
+    d.notifier.notify(d.done_key(workflow_id))
