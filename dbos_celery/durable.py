@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from celery import Celery, signals
+from celery import Celery, bootsteps, signals
 from celery.utils.imports import gen_task_name
 
 from . import context, messaging
@@ -92,9 +92,8 @@ class Durable:
         self._sweeper: Sweeper | None = None
         signals.worker_process_init.connect(self._on_process_init)
         signals.worker_process_shutdown.connect(self._on_process_shutdown)
-        signals.worker_ready.connect(self._on_worker_ready)
-        signals.worker_shutdown.connect(self._on_worker_shutdown)
         signals.task_received.connect(self._on_task_received)
+        app.steps["worker"].add(_worker_bootstep(self))
 
     # --- decorators ---------------------------------------------------------
 
@@ -261,9 +260,7 @@ class Durable:
             self._runtime.stop()
             self._runtime = None
 
-    def _on_worker_ready(self, sender: Any = None, **_: Any) -> None:
-        if not self._mine(sender):
-            return
+    def _on_worker_start(self) -> None:
         self.db.migrate()
         self.runtime().start()
         self.notifier.start()
@@ -271,12 +268,28 @@ class Durable:
             self._sweeper = Sweeper(self, self.publish)
             self._sweeper.start()
 
-    def _on_worker_shutdown(self, sender: Any = None, **_: Any) -> None:
-        if self._mine(sender):
-            self.close()
+    def _on_worker_stop(self) -> None:
+        self.close()
 
     def _on_task_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
         if not self._mine(sender) or request is None:
             return
         if getattr(request, "name", None) in self.workflows:
             self.runtime().note_reserved(request.id)
+
+
+def _worker_bootstep(durable: Durable) -> type[bootsteps.StartStopStep]:
+    """A worker bootstep that starts, after the pool has forked, the main
+    process's heartbeat, wakeup subscriber and recovery sweeper."""
+
+    class DurableWorker(bootsteps.StartStopStep):  # type: ignore[misc]
+        name = "dbos_celery"
+        requires = ("celery.worker.components:Pool",)
+
+        def start(self, parent: Any) -> None:
+            durable._on_worker_start()
+
+        def stop(self, parent: Any) -> None:
+            durable._on_worker_stop()
+
+    return DurableWorker

@@ -1,0 +1,154 @@
+"""Test helpers: per-test schema and queue, worker subprocesses, ledgers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+DATABASE_URL = os.environ.get("DBOS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("DBOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+BROKER_URL = os.environ.get("DBOS_TEST_BROKER_URL", "redis://127.0.0.1:6379/1")
+
+
+@dataclass
+class Env:
+    """Everything one test needs to be independent of the others."""
+
+    schema: str
+    database_url: str = DATABASE_URL
+    redis_url: str | None = REDIS_URL
+    broker_url: str = BROKER_URL
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def queue(self) -> str:
+        return f"q_{self.schema}"
+
+    def vars(self) -> dict[str, str]:
+        """Environment variables read by the apps under tests/apps."""
+        return {
+            "DBOS_TEST_DATABASE_URL": self.database_url,
+            "DBOS_TEST_SCHEMA": self.schema,
+            "DBOS_TEST_REDIS_URL": self.redis_url or "",
+            "DBOS_TEST_BROKER_URL": self.broker_url,
+            "DBOS_TEST_QUEUE": self.queue,
+            **self.extra,
+        }
+
+    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            cur = conn.execute(query.replace("{schema}", f'"{self.schema}"'), params)
+            return cur.fetchall() if cur.description else []
+
+    def create(self) -> None:
+        self.sql('CREATE SCHEMA "{s}"'.replace("{s}", self.schema))
+        self.sql(
+            "CREATE TABLE {schema}.ledger (id bigserial primary key, "
+            "workflow_id text, what text, at double precision default "
+            "extract(epoch from clock_timestamp()))"
+        )
+
+    def close(self) -> None:
+        self.sql(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    def ledger(self, workflow_id: str | None = None) -> list[str]:
+        if workflow_id is None:
+            return [r[0] for r in self.sql("SELECT what FROM {schema}.ledger ORDER BY id")]
+        rows = self.sql(
+            "SELECT what FROM {schema}.ledger WHERE workflow_id = %s ORDER BY id", workflow_id
+        )
+        return [r[0] for r in rows]
+
+
+def write_ledger(env_schema: str, workflow_id: str, what: str) -> None:
+    """Record a side effect (called from steps inside workers)."""
+    url = os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(
+            f'INSERT INTO "{env_schema}".ledger (workflow_id, what) VALUES (%s, %s)',
+            (workflow_id, what),
+        )
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess in its own process group."""
+
+    def __init__(
+        self,
+        env: Env,
+        app: str = "tests.apps.core",
+        *,
+        concurrency: int = 2,
+        pool: str = "prefork",
+        queues: str | None = None,
+        extra_env: dict[str, str] | None = None,
+        name: str = "w",
+    ) -> None:
+        self.env = env
+        self.log_path = Path(f"/tmp/dbos_celery_tests/{env.schema}-{name}-{time.time_ns()}.log")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable, "-m", "celery", "-A", app, "worker",
+            "-P", pool, "-c", str(concurrency), "-l", "info",
+            "--without-mingle", "--without-gossip", "--without-heartbeat",
+            "-Q", queues or env.queue, "-n", f"{name}-{time.time_ns()}@%h",
+        ]  # fmt: skip
+        full_env = {**os.environ, **env.vars(), **(extra_env or {})}
+        full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+    def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
+        wait_for(lambda: b" ready." in self.log_path.read_bytes(), timeout, self.describe)
+        return self
+
+    def describe(self) -> str:
+        return f"worker log {self.log_path}:\n" + self.log_path.read_text(errors="replace")[-3000:]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a dying machine would."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it hangs."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+
+def wait_for(
+    cond: Callable[[], Any], timeout: float = 20.0, describe: Callable[[], str] | None = None
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"condition not met within {timeout} s" + (f"\n{describe()}" if describe else "")
+            )
+        time.sleep(0.02)
