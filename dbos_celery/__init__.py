@@ -21,7 +21,7 @@ from .errors import (
     WorkflowNotRegisteredError,
 )
 from .step import Step
-from .workflow import Workflow, WorkflowHandle, WorkflowStatus
+from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
 
 __all__ = [
     "ConfigurationError",
@@ -41,6 +41,7 @@ __all__ = [
     "SerializationError",
     "Step",
     "StepError",
+    "StepInfo",
     "Workflow",
     "WorkflowFailedError",
     "WorkflowHandle",

@@ -24,7 +24,7 @@ from .serialization import Serializer
 from .step import Step
 from .validation import check_id
 from .wakeup import LocalNotifier, Notifier, RedisNotifier, key
-from .workflow import Workflow, WorkflowHandle, WorkflowStatus, execute
+from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus, execute
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -204,6 +204,14 @@ class Durable:
             )
         )  # fmt: skip
         return [WorkflowStatus.from_row(self, r) for r in rows]
+
+    def list_steps(self, workflow_id: str) -> list[StepInfo]:
+        """The checkpoints recorded for a workflow, in order."""
+        check_id(workflow_id, "workflow_id")
+        rows = self.db.run(db.list_steps, workflow_id)
+        if not rows and not self.db.run(db.workflow_exists, workflow_id):
+            raise NonExistentWorkflowError(workflow_id)
+        return [StepInfo.from_row(self, r) for r in rows]
 
     def migrate(self) -> None:
         """Create or upgrade the schema now (otherwise done on first use)."""

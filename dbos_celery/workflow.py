@@ -63,6 +63,25 @@ class WorkflowStatus:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class StepInfo:
+    """One recorded checkpoint of a workflow: a step, send, recv, sleep..."""
+
+    seq: int
+    name: str
+    output: Any
+    error: str | None
+
+    @classmethod
+    def from_row(cls, durable: Durable, row: db.StepRow) -> StepInfo:
+        ser = durable.serializer
+        error = None
+        if row.error is not None:
+            exc = ser.loads_error(row.error)
+            error = f"{type(exc).__name__}: {exc}"
+        return cls(row.seq, row.name, ser.loads(row.output), error)
+
+
 class WorkflowHandle(Generic[R]):
     """A reference to a workflow by id, from any process."""
 
