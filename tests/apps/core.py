@@ -3,6 +3,10 @@
 ``build()`` makes a fresh app + Durable bound to one test's schema and queue;
 the worker subprocess builds it from the environment (module-level ``app``).
 Steps record their side effects in the test's ledger table.
+
+Gates: a step called with ``gate=True`` records itself in the ledger, then
+waits until the test opens the gate (``open_gate``), so a test can kill a
+worker at a known point, or let a workflow finish, without timing guesses.
 """
 
 from __future__ import annotations
@@ -12,16 +16,62 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
+import psycopg
 from celery import Celery
 
-from dbos_celery import Durable
+from dbos_celery import Durable, MaxStepAttemptsError
 from tests.support import BROKER_URL, DATABASE_URL, REDIS_URL, write_ledger
+
+# durable options a test can set for its worker processes (extra_env)
+ENV_OPTIONS: dict[str, tuple[str, type]] = {
+    "DBOS_TEST_ENQUEUED_TIMEOUT": ("enqueued_timeout", float),
+    "DBOS_TEST_MAX_RECOVERY_ATTEMPTS": ("max_recovery_attempts", int),
+    "DBOS_TEST_WORKER_TIMEOUT": ("worker_timeout", float),
+}
+
+
+class OrderRejected(Exception):
+    """A user exception type: recorded failures must come back as this type."""
+
+
+def _url() -> str:
+    return os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
+
+
+def ledger_count(schema: str, workflow_id: str, what: str) -> int:
+    with psycopg.connect(_url(), autocommit=True) as conn:
+        row = conn.execute(
+            f'SELECT count(*) FROM "{schema}".ledger WHERE workflow_id = %s AND what = %s',
+            (workflow_id, what),
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def open_gate(schema: str, workflow_id: str, what: str) -> None:
+    """Let the gated step ``what`` of ``workflow_id`` go on (now and on replays)."""
+    write_ledger(schema, workflow_id, f"open:{what}")
+
+
+def wait_gate(schema: str, workflow_id: str, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(_url(), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute(
+                f'SELECT 1 FROM "{schema}".ledger WHERE workflow_id = %s AND what = %s',
+                (workflow_id, f"open:{what}"),
+            ).fetchone():
+                return
+            time.sleep(0.02)
+    raise TimeoutError(f"gate {what!r} of {workflow_id!r} was never opened")
 
 
 def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
     e = dict(os.environ if env is None else env)
     schema = e.get("DBOS_TEST_SCHEMA", "dbos_celery_dev")
     queue = e.get("DBOS_TEST_QUEUE", "celery")
+    for var, (option, convert) in ENV_OPTIONS.items():
+        if e.get(var):
+            durable_options.setdefault(option, convert(e[var]))
     app = Celery("core", broker=e.get("DBOS_TEST_BROKER_URL", BROKER_URL))
     app.conf.task_default_queue = queue
     app.conf.broker_connection_retry_on_startup = True
@@ -39,27 +89,31 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
         write_ledger(schema, workflow_id, what)
 
     @durable.step(name="core.side_effect")
-    def side_effect(workflow_id: str, what: str, hold: float = 0.0) -> str:
+    def side_effect(workflow_id: str, what: str, hold: float = 0.0, gate: bool = False) -> str:
         ledger_for(workflow_id, what)
         if hold:
             time.sleep(hold)
+        if gate:
+            wait_gate(schema, workflow_id, what)
         return what
 
     @durable.workflow(name="core.five_steps")
-    def five_steps(hold_step: int = 0, hold: float = 0.0) -> list[str]:
+    def five_steps(hold_step: int = 0, hold: float = 0.0, gate_step: int = 0) -> list[str]:
         wid = durable.workflow_id
         out = []
         for i in range(1, 6):
-            out.append(side_effect(wid, f"step{i}", hold if i == hold_step else 0.0))
+            out.append(
+                side_effect(wid, f"step{i}", hold if i == hold_step else 0.0, i == gate_step)
+            )
         return out
 
     attempts: dict[str, int] = {}
 
-    @durable.step(name="core.flaky", max_attempts=4, interval=0.05, backoff=2.0)
+    @durable.step(name="core.flaky", max_attempts=4, interval=0.1, backoff=3.0)
     def flaky(workflow_id: str, failures: int) -> int:
         n = attempts.get(workflow_id, 0) + 1
         attempts[workflow_id] = n
-        ledger_for(workflow_id, f"attempt{n}@{time.time():.3f}")
+        ledger_for(workflow_id, f"attempt{n}")
         if n <= failures:
             raise ConnectionError(f"attempt {n} failed")
         return n
@@ -68,19 +122,58 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
     def retrying(failures: int) -> int:
         return flaky(durable.workflow_id, failures)
 
+    @durable.step(name="core.always_fails", max_attempts=3, interval=0.02, backoff=1.0)
+    def always_fails(workflow_id: str) -> None:
+        ledger_for(workflow_id, "always_fails")
+        raise ConnectionError("the service is down")
+
+    @durable.workflow(name="core.exhausts")
+    def exhausts() -> None:
+        always_fails(durable.workflow_id)
+
     @durable.step(name="core.boom")
     def boom(workflow_id: str) -> None:
         ledger_for(workflow_id, "boom")
         raise KeyError("no such order")
 
-    @durable.workflow(name="core.failing_step_then_wait")
-    def failing_step_then_wait(hold: float) -> str:
+    @durable.workflow(name="core.errors_then_gate")
+    def errors_then_gate() -> list[str]:
+        """Catches two recorded step failures, then waits at a gate."""
+        wid = durable.workflow_id
+        caught = []
         try:
-            boom(durable.workflow_id)
+            boom(wid)
         except KeyError as exc:
-            caught = f"caught {exc!r}"
-        side_effect(durable.workflow_id, "after", hold)
+            caught.append(f"KeyError:{exc.args[0]}")
+        try:
+            always_fails(wid)
+        except MaxStepAttemptsError as exc:
+            caught.append(f"MaxStepAttemptsError:{exc.args[0]}:{exc.args[1]}")
+        side_effect(wid, "after", gate=True)
         return caught
+
+    @durable.step(name="core.branch_a")
+    def branch_a(workflow_id: str) -> str:
+        ledger_for(workflow_id, "branch_a")
+        return "a"
+
+    @durable.step(name="core.branch_b")
+    def branch_b(workflow_id: str) -> str:
+        ledger_for(workflow_id, "branch_b")
+        return "b"
+
+    @durable.workflow(name="core.branching")
+    def branching() -> str:
+        """Not deterministic on purpose: the branch depends on a read made
+        outside any step (a 'flip' row in the ledger)."""
+        wid = durable.workflow_id
+        chosen = branch_b(wid) if ledger_count(schema, wid, "flip") else branch_a(wid)
+        side_effect(wid, "wait", gate=True)
+        return chosen
+
+    @durable.workflow(name="core.rejects")
+    def rejects(order_id: str) -> None:
+        raise OrderRejected(order_id)
 
     @durable.workflow(name="core.echo")
     def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
@@ -90,7 +183,10 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
         side_effect=side_effect,
         five_steps=five_steps,
         retrying=retrying,
-        failing_step_then_wait=failing_step_then_wait,
+        exhausts=exhausts,
+        errors_then_gate=errors_then_gate,
+        branching=branching,
+        rejects=rejects,
         echo=echo,
     )
     return ns

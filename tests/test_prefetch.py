@@ -1,0 +1,40 @@
+"""Workflow messages prefetched by a worker that dies are recovered at once,
+without waiting for the broker's visibility timeout (1 h on Redis)."""
+
+from __future__ import annotations
+
+from tests.apps.core import build
+from tests.support import Env, WorkerProcess, wait_for
+
+
+def test_prefetched_workflows_of_a_killed_worker_are_recovered(
+    env: Env, workers: list[WorkerProcess]
+) -> None:
+    # enqueued_timeout of an hour: the only way back is the reserved_by record
+    env.extra["DBOS_TEST_ENQUEUED_TIMEOUT"] = "3600"
+    ns = build(env.vars())
+    first = WorkerProcess(env, concurrency=1, name="first")
+    workers.append(first)
+    first.wait_ready()
+    held = ns.five_steps.start(1, 3.0, workflow_id="held")
+    wait_for(lambda: env.ledger("held"), 20, first.describe)
+    queued = [ns.five_steps.start(workflow_id=f"queued-{i}") for i in range(3)]
+    # the worker's main process has received (prefetched) them and recorded it
+    wait_for(
+        lambda: (
+            env.sql("SELECT count(*) FROM {schema}.workflows WHERE reserved_by IS NOT NULL")[0][0]
+            == 3
+        ),
+        20,
+        first.describe,
+    )
+    first.kill()
+    assert all(h.status().status == "ENQUEUED" for h in queued)
+
+    second = WorkerProcess(env, concurrency=1, name="second")
+    workers.append(second)
+    second.wait_ready()
+    for h in [held, *queued]:
+        assert h.result(timeout=30) == ["step1", "step2", "step3", "step4", "step5"]
+    for h in queued:
+        assert env.ledger(h.workflow_id) == ["step1", "step2", "step3", "step4", "step5"]
