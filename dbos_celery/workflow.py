@@ -248,9 +248,13 @@ def execute(durable: Durable, workflow_id: str) -> None:
         result = wf.fn(*inputs["args"], **inputs["kwargs"])
         output = d.serializer.dumps(result, f"output of workflow {row.name!r}")
     except LeaseLostError:
-        log.warning("workflow %s: lease lost; another runner owns it now",
+        # Either another runner owns it now (the release is a no-op), or our
+        # own commit landed before its connection dropped and the retry hit
+        # the checkpoint it wrote: then replay it at once from a new delivery.
+        if d.db.run(db.release_workflow, workflow_id, executor):
+            d.publish(workflow_id, row.name)
+        log.warning("workflow %s: checkpoint conflict; replaying from its checkpoints",
                     workflow_id, extra={"workflow_id": workflow_id})  # fmt: skip
-        d.db.run(db.release_workflow, workflow_id, executor)
         return
     except Exception as exc:
         status, error = db.ERROR, d.serializer.dumps_error(exc)
