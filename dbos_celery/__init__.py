@@ -3,6 +3,7 @@
 from .durable import Durable
 from .errors import (
     ConfigurationError,
+    ConflictingWorkflowIdError,
     DatabaseUnavailableError,
     DurableError,
     InvalidArgumentError,
@@ -25,6 +26,7 @@ from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
 
 __all__ = [
     "ConfigurationError",
+    "ConflictingWorkflowIdError",
     "DatabaseUnavailableError",
     "Durable",
     "DurableError",

@@ -229,6 +229,10 @@ def insert_workflow(
     return conn.execute(stmt).first() is not None
 
 
+def workflow_name(conn: Connection, workflow_id: str) -> str | None:
+    return conn.scalar(select(wf.c.name).where(wf.c.id == workflow_id))
+
+
 def get_workflow(conn: Connection, workflow_id: str) -> WorkflowRow | None:
     row = conn.execute(select(*_workflow_cols()).where(wf.c.id == workflow_id)).first()
     return WorkflowRow(*row) if row is not None else None

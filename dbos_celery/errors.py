@@ -83,6 +83,20 @@ class NonExistentWorkflowError(DurableError):
         return f"no workflow with id {self.args[0]!r}; nothing was written"
 
 
+class ConflictingWorkflowIdError(DurableError):
+    """A workflow id is already used by a different workflow."""
+
+    def __init__(self, workflow_id: str, existing: str, requested: str) -> None:
+        super().__init__(workflow_id, existing, requested)
+
+    def message(self) -> str:
+        wf, existing, requested = self.args
+        return (
+            f"workflow id {wf!r} belongs to a {existing!r} workflow; it cannot be "
+            f"started as {requested!r}. Use another id; nothing was written."
+        )
+
+
 class NonDeterministicWorkflowError(DurableError):
     """A replayed workflow asked for a different step than the one recorded."""
 

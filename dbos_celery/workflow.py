@@ -20,6 +20,7 @@ from . import context
 from . import database as db
 from .context import WorkflowContext
 from .errors import (
+    ConflictingWorkflowIdError,
     LeaseLostError,
     NonExistentWorkflowError,
     ResultTimeoutError,
@@ -191,7 +192,7 @@ class Workflow(Generic[P, R]):
         ctx = context.current()
         if ctx is None or ctx.in_step:
             workflow_id = workflow_id or str(uuid.uuid4())
-            return workflow_id, d.db.run(db.insert_workflow, workflow_id, self.name, inputs, None)
+            return workflow_id, d.db.run(self._insert, workflow_id, inputs, None)
         # a child workflow: its start is a checkpoint of the parent
         seq = ctx.next_seq()
         step_name = f"durable.start:{self.name}"
@@ -203,7 +204,7 @@ class Workflow(Generic[P, R]):
         id_bytes = d.serializer.dumps(child_id)
 
         def tx(conn: Any) -> bool:
-            inserted = db.insert_workflow(conn, child_id, self.name, inputs, parent)
+            inserted = self._insert(conn, child_id, inputs, parent)
             db.insert_step(conn, parent, seq, step_name, id_bytes, None)
             return inserted
 
@@ -213,6 +214,16 @@ class Workflow(Generic[P, R]):
             if db.is_conflict(exc):
                 raise LeaseLostError(parent) from exc
             raise
+
+    def _insert(self, conn: Any, workflow_id: str, inputs: bytes, parent: str | None) -> bool:
+        """Insert the row; an existing row of the same workflow is fine
+        (idempotent start), one of another workflow is an error."""
+        if db.insert_workflow(conn, workflow_id, self.name, inputs, parent):
+            return True
+        existing = db.workflow_name(conn, workflow_id)
+        if existing is not None and existing != self.name:
+            raise ConflictingWorkflowIdError(workflow_id, existing, self.name)
+        return False
 
 
 def execute(durable: Durable, workflow_id: str) -> None:

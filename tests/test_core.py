@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from dbos_celery import (
+    ConflictingWorkflowIdError,
     InvalidArgumentError,
     MaxStepAttemptsError,
     NonExistentWorkflowError,
@@ -262,3 +263,12 @@ def test_failing_workflow_has_status_error_and_reraises_original_type(
     with pytest.raises(OrderRejected) as again:  # read back from the database
         handle.result(timeout=5)
     assert again.value.args == ("o-7",)
+
+
+def test_start_with_an_id_of_another_workflow_is_refused(env: Env, ns: SimpleNamespace) -> None:
+    ns.echo.start(1, workflow_id="shared-id")
+    assert ns.echo.start(2, workflow_id="shared-id").workflow_id == "shared-id"  # idempotent
+    with pytest.raises(ConflictingWorkflowIdError) as info:
+        ns.five_steps.start(workflow_id="shared-id")
+    assert "core.echo" in str(info.value) and "core.five_steps" in str(info.value)
+    assert env.sql("SELECT name FROM {schema}.workflows") == [("core.echo",)]
