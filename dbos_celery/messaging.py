@@ -100,7 +100,14 @@ def recv(d: Durable, topic: str | None = None, timeout: float = 60.0) -> Any:
     wid = ctx.workflow_id
 
     def consume() -> tuple[bytes] | None:
-        return d.db.run(db.consume_message, wid, t, seq, RECV)
+        try:
+            return d.db.run(db.consume_message, wid, t, seq, RECV)
+        except Exception as exc:
+            # another runner recorded this recv (we lost the lease while
+            # waiting): the statement rolled back, so nothing was consumed
+            if db.is_conflict(exc):
+                raise LeaseLostError(wid) from exc
+            raise
 
     got = _wait(d, ctx, key("m", wid, t), consume, deadline_seq, timeout)
     if got is None:

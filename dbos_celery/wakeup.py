@@ -127,6 +127,7 @@ class RedisNotifier:
         self._pid = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._start_lock = threading.Lock()
         self._subscribed = threading.Event()
         self._publish_failing = False
         self._listen_failing = False
@@ -138,6 +139,7 @@ class RedisNotifier:
             )
             self._pid = os.getpid()
             self._thread = None
+            self._start_lock = threading.Lock()  # a fork may copy it held
             self._subscribed.clear()
         return self._client
 
@@ -160,12 +162,18 @@ class RedisNotifier:
 
     def start(self, wait: float = 1.0) -> None:
         self._redis()
-        if self._thread is None or not self._thread.is_alive():
+        with self._start_lock:
+            if self._thread is not None and self._thread.is_alive():
+                # listening, or reconnecting while waiters poll: never block
+                # a recv on Redis (that cost every recv up to `wait` seconds
+                # while Redis was down, even with its message already stored)
+                return
             self._stop.clear()
             self._thread = threading.Thread(
                 target=self._listen, name="dbos-celery-wakeups", daemon=True
             )
             self._thread.start()
+        # a fresh subscriber: give it a moment so that the first wait gets its hint
         self._subscribed.wait(wait)
 
     def stop(self) -> None:
@@ -191,7 +199,8 @@ class RedisNotifier:
                 delay = 0.05
                 self.waiters.wake_all()  # hints may have been lost meanwhile
                 while not self._stop.is_set():
-                    m = pubsub.get_message(timeout=1.0)
+                    # short reads: stop() joins this thread, so close() waits on it
+                    m = pubsub.get_message(timeout=0.2)
                     if m is not None and m["type"] == "message":
                         data = m["data"]
                         self.waiters.wake(data.decode() if isinstance(data, bytes) else data)
