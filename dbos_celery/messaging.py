@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import context
 from . import database as db
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .context import WorkflowContext
     from .durable import Durable
 
+T = TypeVar("T")
 SEND = "durable.send"
 RECV = "durable.recv"
 SET_EVENT = "durable.set_event"
@@ -67,22 +68,30 @@ def send(
             return  # a retried send with the same key: stored once already
     else:
         seq = ctx.next_seq()
-        if ctx.replay(seq, SEND) is not None:
+        row = ctx.replay(seq, SEND)
+        if row is not None:
+            replayed(d, row)  # re-raises a recorded failure
             return  # sent on an earlier run of this workflow
+        missing = NonExistentWorkflowError(destination_id)
 
-        def tx(conn: Connection) -> None:
+        def tx(conn: Connection) -> bool:
+            error = None
             if not db.insert_message(conn, destination_id, t, payload, idempotency_key):
                 if not db.workflow_exists(conn, destination_id):
-                    raise NonExistentWorkflowError(destination_id)
-            db.insert_step(conn, ctx.workflow_id, seq, SEND, None, None)
+                    # record the failure: a replay must fail the same way even
+                    # if the destination exists by then (no message is stored)
+                    error = d.serializer.dumps_error(missing)
+            db.insert_step(conn, ctx.workflow_id, seq, SEND, None, error)
+            return error is None
 
-        _checkpointed(d, ctx, tx)
+        if not _checkpointed(d, ctx, tx):
+            raise missing
     d.notifier.notify(key("m", destination_id, t))
 
 
-def _checkpointed(d: Durable, ctx: WorkflowContext, tx: Callable[[Connection], None]) -> None:
+def _checkpointed(d: Durable, ctx: WorkflowContext, tx: Callable[[Connection], T]) -> T:
     try:
-        d.db.run(tx)
+        return d.db.run(tx)
     except Exception as exc:
         if db.is_conflict(exc):
             raise LeaseLostError(ctx.workflow_id) from exc
