@@ -1,9 +1,16 @@
-"""Every SQL statement dbos_celery runs, the engine, and transactions.
+"""Every SQL statement dbos_celery runs, the connection pool, and transactions.
 
-Each statement is a small function taking a ``Connection``. Nothing else in
-the package imports SQLAlchemy. Driver errors are translated here: a lost
-connection is retried with backoff for a bounded time and then surfaces as
-:class:`DatabaseUnavailableError`, keeping the driver error as ``__cause__``.
+Statements are written with SQLAlchemy Core and built once, at import, with
+named bind parameters; each is compiled to SQL once per schema and run on the
+psycopg connection directly (statement building and SQLAlchemy's execution
+layer cost more than the round trip they wrap). Each statement is a small
+function taking an :class:`Executor`.
+
+``Database.now`` runs one statement in autocommit mode (one round trip);
+``Database.run`` runs several in one transaction. Lost connections are
+retried with backoff for a bounded time, then surface as
+:class:`DatabaseUnavailableError` with the driver error as ``__cause__``.
+Nothing else in the package imports SQLAlchemy or psycopg.
 """
 
 from __future__ import annotations
@@ -11,15 +18,24 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+import psycopg
+from psycopg import errors as pg_errors
 from sqlalchemy import (
+    ARRAY,
     Engine,
+    Float,
+    Integer,
+    LargeBinary,
+    NullPool,
+    Text,
     and_,
+    any_,
     bindparam,
     case,
     create_engine,
@@ -36,7 +52,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
 
 from . import schema as s
 from .errors import ConfigurationError, DatabaseUnavailableError, SchemaVersionError
@@ -58,9 +76,38 @@ st = s.steps
 msg = s.messages
 
 
+class Executor:
+    """Runs Core statements on one psycopg connection; SQL compiled once."""
+
+    __slots__ = ("_conn", "_db")
+
+    def __init__(self, conn: psycopg.Connection[Any], database: Database) -> None:
+        self._conn = conn
+        self._db = database
+
+    def rows(
+        self, stmt: ClauseElement, params: dict[str, Any] | None = None, *, cache: bool = True
+    ) -> list[tuple[Any, ...]]:
+        cur = self._execute(stmt, params, cache)
+        return cur.fetchall() if cur.description is not None else []
+
+    def first(self, stmt: ClauseElement, params: dict[str, Any] | None = None) -> Any:
+        cur = self._execute(stmt, params, True)
+        return cur.fetchone()
+
+    def count(self, stmt: ClauseElement, params: dict[str, Any] | None = None) -> int:
+        """Rows changed by an UPDATE / DELETE / INSERT."""
+        return self._execute(stmt, params, True).rowcount
+
+    def _execute(
+        self, stmt: ClauseElement, params: dict[str, Any] | None, cache: bool
+    ) -> psycopg.Cursor[Any]:
+        sql, defaults = self._db.compiled(stmt, cache)
+        return self._conn.execute(sql, {**defaults, **params} if params else defaults)
+
+
 class Database:
-    """Owns the engine of one process (re-created after a fork) and runs
-    transactions with bounded retries on lost connections."""
+    """Owns the connection pool of one process (made anew after a fork)."""
 
     def __init__(
         self,
@@ -73,93 +120,160 @@ class Database:
     ) -> None:
         if (url is None) == (engine is None):
             raise ConfigurationError("pass exactly one of database_url or engine")
-        if url is not None:
-            backend = make_url(url).get_backend_name()
-            if backend != "postgresql":
-                raise ConfigurationError(f"database_url must be a postgresql URL, got {backend!r}")
-        self.url = url
+        sa_url = make_url(url) if url is not None else engine.url  # type: ignore[union-attr]
+        if sa_url.get_backend_name() != "postgresql":
+            raise ConfigurationError(
+                f"database_url must be a postgresql URL, got {sa_url.get_backend_name()!r}"
+            )
+        if engine is not None and engine.dialect.driver != "psycopg":
+            raise ConfigurationError(
+                "a caller's engine must use psycopg 3 (postgresql+psycopg://), "
+                f"not {engine.dialect.driver!r}"
+            )
+        _quote(schema)
+        self.url = sa_url.set(drivername="postgresql+psycopg")
         self.schema = schema
         self.retry_timeout = retry_timeout
         self.pool_size = pool_size
         self._given = engine
         self._engine: Engine | None = None
         self._pid = 0
+        self._sql: dict[int, tuple[str, dict[str, Any]]] = {}
         self._migrated = False
         self.auto_migrate = True
 
+    # --- connections --------------------------------------------------------
+
     @property
     def engine(self) -> Engine:
+        """The pool of this process; its connections are in autocommit mode."""
         if self._engine is None or self._pid != os.getpid():
             if self._engine is not None and self._given is None:
                 # inherited across fork: drop the parent's sockets untouched
                 self._engine.dispose(close=False)
-            base = self._given
-            if base is None:
-                assert self.url is not None
-                url = make_url(self.url)
-                if url.drivername == "postgresql":
-                    url = url.set(drivername="postgresql+psycopg")
-                base = create_engine(
-                    url,
-                    pool_size=self.pool_size,
-                    max_overflow=50,
-                    pool_recycle=3600,
-                )
-            self._engine = base.execution_options(schema_translate_map={None: self.schema})
+            self._engine = self._given or create_engine(
+                self.url,
+                pool_size=self.pool_size,
+                max_overflow=50,
+                pool_recycle=3600,
+                pool_reset_on_return=None,
+                connect_args={"autocommit": True},
+            )
             self._pid = os.getpid()
         return self._engine
 
     def dispose(self) -> None:
-        """Close the engine this object created (never a caller's engine)."""
+        """Close the pool this object created (never a caller's engine)."""
         if self._engine is not None and self._given is None and self._pid == os.getpid():
             self._engine.dispose()
         self._engine = None
 
-    @contextmanager
-    def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+    def compiled(self, stmt: ClauseElement, cache: bool = True) -> tuple[str, dict[str, Any]]:
+        key = id(stmt)
+        got = self._sql.get(key) if cache else None
+        if got is not None:
+            return got
+        c = stmt.compile(
+            dialect=self.engine.dialect,
+            schema_translate_map={None: self.schema},
+            render_schema_translate=True,
+            compile_kwargs={"render_postcompile": True},
+        )
+        assert isinstance(c, SQLCompiler)
+        made = (str(c), dict(c.construct_params(_check=False) or {}))
+        if cache:
+            self._sql[key] = made
+        return made
 
-    def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in one transaction; retry lost connections
-        with backoff for up to ``retry_timeout`` seconds."""
+    def _attempt(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
         if not self._migrated and self.auto_migrate:
             self.migrate()
-        return self._run(fn, *args)
-
-    def _run(self, fn: Callable[..., T], *args: Any) -> T:
         deadline = time.monotonic() + self.retry_timeout
         delay = 0.05
         while True:
             try:
-                with self.engine.begin() as conn:
-                    return fn(conn, *args)
+                raw = self.engine.raw_connection()
             except DBAPIError as exc:
-                if not _is_disconnect(exc):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise DatabaseUnavailableError(_describe(exc)) from exc
-                log.warning("database connection lost (%s); retrying", _describe(exc))
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                cause: BaseException = exc
+            else:
+                conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+                given = self._given is not None and not conn.autocommit
+                try:
+                    if given:
+                        conn.autocommit = True
+                    return body(conn)
+                except psycopg.OperationalError as exc:
+                    cause = exc
+                    raw.invalidate(exc)
+                    given = False
+                finally:
+                    if given and not conn.closed:
+                        conn.autocommit = False  # hand the caller's connection back as it was
+                    raw.close()
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailableError(_describe(cause)) from cause
+            log.warning("database connection lost (%s); retrying", _describe(cause))
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    def now(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(executor, *args)`` in autocommit mode: for one statement,
+        one round trip (no BEGIN / COMMIT)."""
+        return self._attempt(lambda conn: fn(Executor(conn, self), *args))
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(executor, *args)`` in one transaction."""
+
+        def body(conn: psycopg.Connection[Any]) -> T:
+            with conn.transaction():
+                return fn(Executor(conn, self), *args)
+
+        return self._attempt(body)
+
+    @contextmanager
+    def begin(self) -> Iterator[Executor]:
+        """A transaction on a connection of its own (no retries)."""
+        raw = self.engine.raw_connection()
+        try:
+            conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
+            conn.autocommit = True
+            with conn.transaction():
+                yield Executor(conn, self)
+        finally:
+            raw.close()
 
     def migrate(self) -> None:
         """Apply pending migrations (once per process; safe to race)."""
-        self._run(migrate, self.schema)
+        engine = self._given or create_engine(self.url, poolclass=NullPool)
+        try:
+            deadline = time.monotonic() + self.retry_timeout
+            while True:
+                try:
+                    with engine.begin() as conn:
+                        migrate(conn.execution_options(schema_translate_map={None: self.schema}),
+                                self.schema)  # fmt: skip
+                    break
+                except DBAPIError as exc:
+                    if not isinstance(exc.orig, psycopg.OperationalError):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise DatabaseUnavailableError(_describe(exc)) from exc
+                    time.sleep(0.2)
+        finally:
+            if engine is not self._given:
+                engine.dispose()
         self._migrated = True
-
-
-def _is_disconnect(exc: DBAPIError) -> bool:
-    return bool(exc.connection_invalidated) or isinstance(exc, OperationalError)
 
 
 def _describe(exc: BaseException) -> str:
     # driver messages carry host and port, never the password; keep it short
-    return str(getattr(exc, "orig", exc)).strip().splitlines()[0][:300]
+    text_ = str(getattr(exc, "orig", None) or exc).strip()
+    return (text_.splitlines() or [type(exc).__name__])[0][:300]
 
 
 def is_conflict(exc: BaseException) -> bool:
-    return isinstance(exc, IntegrityError)
+    """A unique-key violation: a checkpoint already recorded."""
+    return isinstance(exc, (pg_errors.UniqueViolation, IntegrityError))
 
 
 # --- migrations -------------------------------------------------------------
@@ -170,8 +284,7 @@ def migrate(conn: Connection, schema: str) -> None:
     conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"dbos_celery:{schema}"))))
     conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{_quote(schema)}"'))
     s.schema_version.create(conn, checkfirst=True)
-    current = conn.scalar(select(func.coalesce(func.max(s.schema_version.c.version), 0)))
-    assert current is not None
+    current = schema_version(conn)
     if current > s.LATEST_VERSION:
         raise SchemaVersionError(current, s.LATEST_VERSION)
     for version in range(current + 1, s.LATEST_VERSION + 1):
@@ -185,7 +298,7 @@ def schema_version(conn: Connection) -> int:
 
 
 def _quote(name: str) -> str:
-    if not name or '"' in name or "\x00" in name:
+    if not isinstance(name, str) or not name or '"' in name or "\x00" in name:
         raise ConfigurationError(f"invalid schema name {name!r}")
     return name
 
@@ -216,63 +329,12 @@ class StepRow:
     error: bytes | None
 
 
-def insert_workflow(
-    conn: Connection, workflow_id: str, name: str, inputs: bytes, parent_id: str | None
-) -> bool:
-    """Insert an ENQUEUED workflow; False when the id exists already."""
-    stmt = (
-        pg_insert(wf)
-        .values(id=workflow_id, name=name, status=ENQUEUED, inputs=inputs, parent_id=parent_id)
-        .on_conflict_do_nothing(index_elements=["id"])
-        .returning(wf.c.id)
-    )
-    return conn.execute(stmt).first() is not None
-
-
-def workflow_name(conn: Connection, workflow_id: str) -> str | None:
-    return conn.scalar(select(wf.c.name).where(wf.c.id == workflow_id))
-
-
-def get_workflow(conn: Connection, workflow_id: str) -> WorkflowRow | None:
-    row = conn.execute(select(*_workflow_cols()).where(wf.c.id == workflow_id)).first()
-    return WorkflowRow(*row) if row is not None else None
-
-
-def _workflow_cols() -> list[Any]:
-    return [
-        wf.c.id, wf.c.name, wf.c.status, wf.c.inputs, wf.c.output, wf.c.error,
-        wf.c.executor_id, wf.c.recovery_attempts, wf.c.parent_id,
-        wf.c.created_at, wf.c.updated_at,
-    ]  # fmt: skip
-
-
-def get_status(conn: Connection, workflow_id: str) -> tuple[str, bytes | None, bytes | None] | None:
-    row = conn.execute(
-        select(wf.c.status, wf.c.output, wf.c.error).where(wf.c.id == workflow_id)
-    ).first()
-    return (row[0], row[1], row[2]) if row is not None else None
-
-
-def list_workflows(
-    conn: Connection,
-    *,
-    status: str | None = None,
-    name: str | None = None,
-    parent: str | None = None,
-    limit: int | None = None,
-    offset: int | None = None,
-    newest_first: bool = False,
-) -> list[WorkflowRow]:
-    q = select(*_workflow_cols())
-    if status is not None:
-        q = q.where(wf.c.status == status)
-    if name is not None:
-        q = q.where(wf.c.name == name)
-    if parent is not None:
-        q = q.where(wf.c.parent_id == parent)
-    order = wf.c.created_at.desc() if newest_first else wf.c.created_at.asc()
-    q = q.order_by(order, wf.c.id).limit(limit).offset(offset)
-    return [WorkflowRow(*r) for r in conn.execute(q)]
+_WORKFLOW_COLS = (
+    wf.c.id, wf.c.name, wf.c.status, wf.c.inputs, wf.c.output, wf.c.error,
+    wf.c.executor_id, wf.c.recovery_attempts, wf.c.parent_id,
+    wf.c.created_at, wf.c.updated_at,
+)  # fmt: skip
+_WID = bindparam("wid", type_=Text)
 
 
 def _seconds(value: Any) -> Any:
@@ -284,14 +346,114 @@ def _live_worker(executor_col: Any) -> Any:
     return exists(
         select(literal(1)).where(
             w.c.id == executor_col,
-            w.c.last_heartbeat
-            > func.now() - func.make_interval(0, 0, 0, 0, 0, 0, bindparam("timeout")),
+            w.c.last_heartbeat > func.now() - _seconds(bindparam("timeout", type_=Float)),
         )
     )
 
 
+_INSERT_WORKFLOW = (
+    pg_insert(wf)
+    .values(
+        id=_WID,
+        name=bindparam("name", type_=Text),
+        status=ENQUEUED,
+        inputs=bindparam("inputs", type_=LargeBinary),
+        parent_id=bindparam("parent", type_=Text),
+    )
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(wf.c.id)
+)
+
+
+def insert_workflow(
+    ex: Executor, workflow_id: str, name: str, inputs: bytes, parent_id: str | None
+) -> bool:
+    """Insert an ENQUEUED workflow; False when the id exists already."""
+    params = {"wid": workflow_id, "name": name, "inputs": inputs, "parent": parent_id}
+    return ex.first(_INSERT_WORKFLOW, params) is not None
+
+
+_WORKFLOW_NAME = select(wf.c.name).where(wf.c.id == _WID)
+
+
+def workflow_name(ex: Executor, workflow_id: str) -> str | None:
+    row = ex.first(_WORKFLOW_NAME, {"wid": workflow_id})
+    return None if row is None else str(row[0])
+
+
+_GET_WORKFLOW = select(*_WORKFLOW_COLS).where(wf.c.id == _WID)
+
+
+def get_workflow(ex: Executor, workflow_id: str) -> WorkflowRow | None:
+    row = ex.first(_GET_WORKFLOW, {"wid": workflow_id})
+    return WorkflowRow(*row) if row is not None else None
+
+
+_GET_STATUS = select(wf.c.status, wf.c.output, wf.c.error).where(wf.c.id == _WID)
+
+
+def get_status(ex: Executor, workflow_id: str) -> tuple[str, bytes | None, bytes | None] | None:
+    row = ex.first(_GET_STATUS, {"wid": workflow_id})
+    return (row[0], row[1], row[2]) if row is not None else None
+
+
+_EXISTS = select(literal(1)).where(wf.c.id == _WID)
+
+
+def workflow_exists(ex: Executor, workflow_id: str) -> bool:
+    return ex.first(_EXISTS, {"wid": workflow_id}) is not None
+
+
+def list_workflows(
+    ex: Executor,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    parent: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+    newest_first: bool = False,
+) -> list[WorkflowRow]:
+    q = select(*_WORKFLOW_COLS)
+    if status is not None:
+        q = q.where(wf.c.status == status)
+    if name is not None:
+        q = q.where(wf.c.name == name)
+    if parent is not None:
+        q = q.where(wf.c.parent_id == parent)
+    order = wf.c.created_at.desc() if newest_first else wf.c.created_at.asc()
+    q = q.order_by(order, wf.c.id).limit(limit).offset(offset)
+    return [WorkflowRow(*r) for r in ex.rows(q, cache=False)]
+
+
+_CLAIMED = (
+    update(wf)
+    .where(
+        wf.c.id == _WID,
+        or_(
+            wf.c.status == ENQUEUED,
+            and_(wf.c.status == PENDING, ~_live_worker(wf.c.executor_id)),
+        ),
+    )
+    .values(
+        status=PENDING,
+        executor_id=bindparam("executor", type_=Text),
+        reserved_by=None,
+        updated_at=func.now(),
+        recovery_attempts=wf.c.recovery_attempts + case((wf.c.status == PENDING, 1), else_=0),
+    )
+    .returning(*_WORKFLOW_COLS)
+    .cte("claimed")
+)
+_CLAIM = (
+    select(_CLAIMED, st.c.seq, st.c.name, st.c.output, st.c.error)
+    .select_from(_CLAIMED.outerjoin(st, st.c.workflow_id == _CLAIMED.c.id))
+    .order_by(st.c.seq)
+)
+
+
 def claim_workflow(
-    conn: Connection, workflow_id: str, executor_id: str, worker_timeout: float
+    ex: Executor, workflow_id: str, executor_id: str, worker_timeout: float
 ) -> tuple[WorkflowRow, list[StepRow]] | None:
     """Take the lease on a workflow and read its checkpoints in one round trip.
 
@@ -299,31 +461,8 @@ def claim_workflow(
     heartbeating (taking it over counts as a recovery). None when another
     live process runs it or it has finished: the caller drops the delivery.
     """
-    claimed = (
-        update(wf)
-        .where(
-            wf.c.id == workflow_id,
-            or_(
-                wf.c.status == ENQUEUED,
-                and_(wf.c.status == PENDING, ~_live_worker(wf.c.executor_id)),
-            ),
-        )
-        .values(
-            status=PENDING,
-            executor_id=executor_id,
-            reserved_by=None,
-            updated_at=func.now(),
-            recovery_attempts=wf.c.recovery_attempts + case((wf.c.status == PENDING, 1), else_=0),
-        )
-        .returning(*_workflow_cols())
-        .cte("claimed")
-    )
-    q = (
-        select(claimed, st.c.seq, st.c.name, st.c.output, st.c.error)
-        .select_from(claimed.outerjoin(st, st.c.workflow_id == claimed.c.id))
-        .order_by(st.c.seq)
-    )
-    rows = conn.execute(q, {"timeout": worker_timeout}).all()
+    params = {"wid": workflow_id, "executor": executor_id, "timeout": worker_timeout}
+    rows = ex.rows(_CLAIM, params)
     if not rows:
         return None
     first = WorkflowRow(*rows[0][:11])
@@ -331,8 +470,24 @@ def claim_workflow(
     return first, steps
 
 
+_FINISH = (
+    update(wf)
+    .where(
+        wf.c.id == _WID,
+        wf.c.executor_id == bindparam("executor", type_=Text),
+        wf.c.status == PENDING,
+    )
+    .values(
+        status=bindparam("status", type_=Text),
+        output=bindparam("output", type_=LargeBinary),
+        error=bindparam("error", type_=LargeBinary),
+        updated_at=func.now(),
+    )
+)
+
+
 def finish_workflow(
-    conn: Connection,
+    ex: Executor,
     workflow_id: str,
     executor_id: str,
     status: str,
@@ -340,54 +495,120 @@ def finish_workflow(
     error: bytes | None,
 ) -> bool:
     """Record the outcome if this executor still holds the lease."""
-    res = conn.execute(
-        update(wf)
-        .where(wf.c.id == workflow_id, wf.c.executor_id == executor_id, wf.c.status == PENDING)
-        .values(status=status, output=output, error=error, updated_at=func.now())
+    params = {"wid": workflow_id, "executor": executor_id, "status": status,
+              "output": output, "error": error}  # fmt: skip
+    return ex.count(_FINISH, params) > 0
+
+
+_RELEASE = (
+    update(wf)
+    .where(
+        wf.c.id == _WID,
+        wf.c.executor_id == bindparam("executor", type_=Text),
+        wf.c.status == PENDING,
     )
-    return bool(res.rowcount)
+    .values(status=ENQUEUED, executor_id=None, updated_at=func.now())
+)
 
 
-def release_workflow(conn: Connection, workflow_id: str, executor_id: str) -> bool:
+def release_workflow(ex: Executor, workflow_id: str, executor_id: str) -> bool:
     """Give the lease back (ENQUEUED again) so that a new delivery replays it."""
-    res = conn.execute(
-        update(wf)
-        .where(wf.c.id == workflow_id, wf.c.executor_id == executor_id, wf.c.status == PENDING)
-        .values(status=ENQUEUED, executor_id=None, updated_at=func.now())
-    )
-    return bool(res.rowcount)
+    return ex.count(_RELEASE, {"wid": workflow_id, "executor": executor_id}) > 0
 
 
 # --- steps ------------------------------------------------------------------
 
+# a checkpoint is written only while its writer holds the lease: a runner
+# whose workflow was taken over stops at its next checkpoint
+_INSERT_STEP = (
+    insert(st)
+    .from_select(
+        ["workflow_id", "seq", "name", "output", "error"],
+        select(
+            bindparam("wid2", type_=Text),
+            bindparam("seq", type_=Integer),
+            bindparam("name", type_=Text),
+            bindparam("output", type_=LargeBinary),
+            bindparam("error", type_=LargeBinary),
+        ).where(
+            exists(
+                select(literal(1)).where(
+                    wf.c.id == _WID,
+                    wf.c.executor_id == bindparam("executor", type_=Text),
+                    wf.c.status == PENDING,
+                )
+            )
+        ),
+    )
+    .returning(st.c.seq)
+)
+
 
 def insert_step(
-    conn: Connection,
+    ex: Executor,
     workflow_id: str,
     seq: int,
     name: str,
     output: bytes | None,
     error: bytes | None,
-) -> None:
-    conn.execute(
-        insert(st).values(workflow_id=workflow_id, seq=seq, name=name, output=output, error=error)
-    )
+    executor_id: str,
+) -> bool:
+    """Write one checkpoint; False when ``executor_id`` no longer holds the
+    lease. A checkpoint already at ``seq`` raises a unique violation."""
+    params = {"wid": workflow_id, "wid2": workflow_id, "seq": seq, "name": name,
+              "output": output, "error": error, "executor": executor_id}  # fmt: skip
+    return ex.first(_INSERT_STEP, params) is not None
 
 
-def list_steps(conn: Connection, workflow_id: str) -> list[StepRow]:
-    q = select(st.c.seq, st.c.name, st.c.output, st.c.error).where(st.c.workflow_id == workflow_id)
-    return [StepRow(*r) for r in conn.execute(q.order_by(st.c.seq))]
+_LIST_STEPS = (
+    select(st.c.seq, st.c.name, st.c.output, st.c.error)
+    .where(st.c.workflow_id == _WID)
+    .order_by(st.c.seq)
+)
+
+
+def list_steps(ex: Executor, workflow_id: str) -> list[StepRow]:
+    return [StepRow(*r) for r in ex.rows(_LIST_STEPS, {"wid": workflow_id})]
 
 
 # --- messages and events ----------------------------------------------------
 
-
-def workflow_exists(conn: Connection, workflow_id: str) -> bool:
-    return conn.execute(select(literal(1)).where(wf.c.id == workflow_id)).first() is not None
+_DEST = bindparam("dest", type_=Text)
+_DEST_EXISTS = exists(select(literal(1)).where(wf.c.id == _DEST))
+_MESSAGE_VALUES = (
+    bindparam("dest2", type_=Text),
+    bindparam("topic", type_=Text),
+    bindparam("payload", type_=LargeBinary),
+)
+_INSERT_MESSAGE = (
+    insert(msg)
+    .from_select(
+        ["destination_id", "topic", "payload"], select(*_MESSAGE_VALUES).where(_DEST_EXISTS)
+    )
+    .returning(msg.c.id)
+)
+_KEY = (
+    pg_insert(s.send_keys)
+    .from_select(
+        ["destination_id", "idempotency_key"],
+        select(bindparam("dest2", type_=Text), bindparam("key", type_=Text)).where(_DEST_EXISTS),
+    )
+    .on_conflict_do_nothing()
+    .returning(s.send_keys.c.destination_id)
+    .cte("k")
+)
+_INSERT_KEYED_MESSAGE = (
+    insert(msg)
+    .from_select(
+        ["destination_id", "topic", "payload"],
+        select(_KEY.c.destination_id, *_MESSAGE_VALUES[1:]),
+    )
+    .returning(msg.c.id)
+)
 
 
 def insert_message(
-    conn: Connection,
+    ex: Executor,
     destination_id: str,
     topic: str,
     payload: bytes,
@@ -396,106 +617,103 @@ def insert_message(
     """Store a message for an existing workflow. False when the destination
     does not exist or (with a key) the key was used before; nothing is
     written then. The caller tells the two apart with workflow_exists."""
-    dest_exists = exists(select(literal(1)).where(wf.c.id == destination_id))
-    if idempotency_key is None:
-        src = select(
-            literal(destination_id).label("d"),
-            literal(topic).label("t"),
-            literal(payload).label("p"),
-        ).where(dest_exists)
-    else:
-        key = (
-            pg_insert(s.send_keys)
-            .from_select(
-                ["destination_id", "idempotency_key"],
-                select(literal(destination_id), literal(idempotency_key)).where(dest_exists),
-            )
-            .on_conflict_do_nothing()
-            .returning(s.send_keys.c.destination_id)
-            .cte("k")
-        )
-        src = select(key.c.destination_id, literal(topic), literal(payload))
-    stmt = insert(msg).from_select(["destination_id", "topic", "payload"], src).returning(msg.c.id)
-    return conn.execute(stmt).first() is not None
+    params = {"dest": destination_id, "dest2": destination_id, "topic": topic,
+              "payload": payload, "key": idempotency_key}  # fmt: skip
+    stmt = _INSERT_MESSAGE if idempotency_key is None else _INSERT_KEYED_MESSAGE
+    return ex.first(stmt, params) is not None
+
+
+_OLDEST = (
+    select(msg.c.id)
+    .where(msg.c.destination_id == _WID, msg.c.topic == bindparam("topic", type_=Text))
+    .order_by(msg.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_TAKEN = delete(msg).where(msg.c.id == _OLDEST).returning(msg.c.payload).cte("taken")
+_ASYNC_COMMIT = select(func.set_config("synchronous_commit", "off", True).label("x")).cte(
+    "async_commit"
+)
+_CONSUME = (
+    insert(st)
+    .from_select(
+        ["workflow_id", "seq", "name", "output"],
+        select(
+            bindparam("wid2", type_=Text),
+            bindparam("seq", type_=Integer),
+            bindparam("name", type_=Text),
+            _TAKEN.c.payload,
+        ).select_from(_TAKEN.join(_ASYNC_COMMIT, literal_column("true"))),
+    )
+    .returning(st.c.output)
+)
 
 
 def consume_message(
-    conn: Connection, workflow_id: str, topic: str, seq: int, step_name: str
+    ex: Executor, workflow_id: str, topic: str, seq: int, step_name: str
 ) -> tuple[bytes] | None:
     """Delete the oldest message of (workflow, topic) and write the recv
-    checkpoint, in one statement. The transaction commits asynchronously:
-    if the WAL is lost both vanish together and the replay takes the same
-    (still oldest) message again."""
-    oldest = (
-        select(msg.c.id)
-        .where(msg.c.destination_id == workflow_id, msg.c.topic == topic)
-        .order_by(msg.c.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    taken = delete(msg).where(msg.c.id == oldest).returning(msg.c.payload).cte("taken")
-    async_commit = select(func.set_config("synchronous_commit", "off", True).label("x")).cte(
-        "async_commit"
-    )
-    stmt = (
-        insert(st)
-        .from_select(
-            ["workflow_id", "seq", "name", "output"],
-            select(
-                literal(workflow_id), literal(seq), literal(step_name), taken.c.payload
-            ).select_from(taken.join(async_commit, literal_column("true"))),
-        )
-        .returning(st.c.output)
-    )
-    row = conn.execute(stmt).first()
+    checkpoint, in one statement. It commits asynchronously: if the WAL is
+    lost both vanish together and the replay takes the same (still oldest)
+    message again; any later synchronous commit flushes it first."""
+    params = {"wid": workflow_id, "wid2": workflow_id, "topic": topic, "seq": seq,
+              "name": step_name}  # fmt: skip
+    row = ex.first(_CONSUME, params)
     return (row[0],) if row is not None else None
 
 
-def count_messages(conn: Connection, destination_id: str, topic: str | None = None) -> int:
-    q = select(func.count()).select_from(msg).where(msg.c.destination_id == destination_id)
-    if topic is not None:
-        q = q.where(msg.c.topic == topic)
-    return int(conn.scalar(q) or 0)
+_UPSERT_EVENT = pg_insert(s.events).values(
+    workflow_id=_WID, key=bindparam("key", type_=Text), value=bindparam("value", type_=LargeBinary)
+)
+_UPSERT_EVENT = _UPSERT_EVENT.on_conflict_do_update(
+    index_elements=["workflow_id", "key"],
+    set_={"value": _UPSERT_EVENT.excluded.value, "updated_at": func.now()},
+)
 
 
-def upsert_event(conn: Connection, workflow_id: str, key: str, value: bytes) -> None:
-    stmt = pg_insert(s.events).values(workflow_id=workflow_id, key=key, value=value)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=["workflow_id", "key"],
-            set_={"value": stmt.excluded.value, "updated_at": func.now()},
-        )
-    )
+def upsert_event(ex: Executor, workflow_id: str, key: str, value: bytes) -> None:
+    ex.count(_UPSERT_EVENT, {"wid": workflow_id, "key": key, "value": value})
 
 
-def get_event(conn: Connection, workflow_id: str, key: str) -> tuple[bytes] | None:
-    row = conn.execute(
-        select(s.events.c.value).where(s.events.c.workflow_id == workflow_id, s.events.c.key == key)
-    ).first()
+_GET_EVENT = select(s.events.c.value).where(
+    s.events.c.workflow_id == _WID, s.events.c.key == bindparam("key", type_=Text)
+)
+
+
+def get_event(ex: Executor, workflow_id: str, key: str) -> tuple[bytes] | None:
+    row = ex.first(_GET_EVENT, {"wid": workflow_id, "key": key})
     return (row[0],) if row is not None else None
 
 
 # --- workers and recovery ---------------------------------------------------
 
+_HEARTBEAT = pg_insert(s.workers).values(
+    id=bindparam("worker", type_=Text),
+    hostname=bindparam("hostname", type_=Text),
+    pid=bindparam("pid", type_=Integer),
+)
+_HEARTBEAT = _HEARTBEAT.on_conflict_do_update(
+    index_elements=["id"], set_={"last_heartbeat": func.now()}
+)
+_RESERVE = (
+    update(wf)
+    .where(wf.c.id == any_(bindparam("ids", type_=ARRAY(Text))), wf.c.status == ENQUEUED)
+    .values(reserved_by=bindparam("worker", type_=Text))
+)
 
-def heartbeat(
-    conn: Connection, worker_id: str, hostname: str, pid: int, reserved: Sequence[str]
-) -> None:
-    stmt = pg_insert(s.workers).values(id=worker_id, hostname=hostname, pid=pid)
-    conn.execute(
-        stmt.on_conflict_do_update(index_elements=["id"], set_={"last_heartbeat": func.now()})
-    )
+
+def heartbeat(ex: Executor, worker_id: str, hostname: str, pid: int, reserved: list[str]) -> None:
+    ex.count(_HEARTBEAT, {"worker": worker_id, "hostname": hostname, "pid": pid})
     if reserved:
-        conn.execute(
-            update(wf)
-            .where(wf.c.id.in_(list(reserved)), wf.c.status == ENQUEUED)
-            .values(reserved_by=worker_id)
-        )
+        ex.count(_RESERVE, {"ids": reserved, "worker": worker_id})
 
 
-def delete_worker(conn: Connection, worker_id: str) -> None:
-    conn.execute(delete(s.workers).where(s.workers.c.id == worker_id))
+_DELETE_WORKER = delete(s.workers).where(s.workers.c.id == bindparam("worker", type_=Text))
+
+
+def delete_worker(ex: Executor, worker_id: str) -> None:
+    ex.count(_DELETE_WORKER, {"worker": worker_id})
 
 
 @dataclass(frozen=True)
@@ -505,8 +723,49 @@ class Recovered:
     status: str
 
 
+_SWEEP_LOCK = select(func.pg_try_advisory_xact_lock(func.hashtext(bindparam("lock", type_=Text))))
+_ATTEMPTS = wf.c.recovery_attempts + 1
+_RECOVER_DEAD = (
+    update(wf)
+    .where(wf.c.status == PENDING, ~_live_worker(wf.c.executor_id))
+    .values(
+        status=case(
+            (_ATTEMPTS > bindparam("max_attempts", type_=Integer), MAX_RECOVERY_ATTEMPTS_EXCEEDED),
+            else_=ENQUEUED,
+        ),
+        executor_id=None,
+        recovery_attempts=_ATTEMPTS,
+        publish_count=0,
+        updated_at=func.now(),
+    )
+    .returning(wf.c.id, wf.c.name, wf.c.status)
+)
+_RECOVER_PREFETCHED = (
+    update(wf)
+    .where(wf.c.status == ENQUEUED, wf.c.reserved_by.is_not(None), ~_live_worker(wf.c.reserved_by))
+    .values(reserved_by=None, updated_at=func.now())
+    .returning(wf.c.id, wf.c.name, wf.c.status)
+)
+_BACKOFF = _seconds(
+    bindparam("grace", type_=Float) * func.power(2, func.least(wf.c.publish_count, 10))
+)
+_REPUBLISH_UNRECEIVED = (
+    update(wf)
+    .where(
+        wf.c.status == ENQUEUED,
+        wf.c.reserved_by.is_(None),
+        wf.c.updated_at < func.now() - _BACKOFF,
+    )
+    .values(publish_count=wf.c.publish_count + 1, updated_at=func.now())
+    .returning(wf.c.id, wf.c.name, wf.c.status)
+)
+_FORGET_WORKERS = delete(s.workers).where(
+    s.workers.c.last_heartbeat < func.now() - text("interval '1 day'")
+)
+
+
 def sweep(
-    conn: Connection,
+    ex: Executor,
     schema: str,
     worker_timeout: float,
     max_recovery_attempts: int,
@@ -520,54 +779,13 @@ def sweep(
     worker has received for a while (published with exponential backoff, so
     a long but healthy queue gets few duplicates).
     """
-    got = conn.scalar(
-        select(func.pg_try_advisory_xact_lock(func.hashtext(f"dbos_celery:{schema}:sweep")))
-    )
-    if not got:
+    if not ex.first(_SWEEP_LOCK, {"lock": f"dbos_celery:{schema}:sweep"})[0]:
         return None
-    params = {"timeout": worker_timeout}
-    attempts = wf.c.recovery_attempts + 1
-    dead = conn.execute(
-        update(wf)
-        .where(wf.c.status == PENDING, ~_live_worker(wf.c.executor_id))
-        .values(
-            status=case(
-                (attempts > max_recovery_attempts, MAX_RECOVERY_ATTEMPTS_EXCEEDED),
-                else_=ENQUEUED,
-            ),
-            executor_id=None,
-            recovery_attempts=attempts,
-            publish_count=0,
-            updated_at=func.now(),
-        )
-        .returning(wf.c.id, wf.c.name, wf.c.status),
-        params,
-    ).all()
-    prefetched = conn.execute(
-        update(wf)
-        .where(
-            wf.c.status == ENQUEUED,
-            wf.c.reserved_by.is_not(None),
-            ~_live_worker(wf.c.reserved_by),
-        )
-        .values(reserved_by=None, updated_at=func.now())
-        .returning(wf.c.id, wf.c.name, wf.c.status),
-        params,
-    ).all()
-    backoff = _seconds(bindparam("grace") * func.power(2, func.least(wf.c.publish_count, 10)))
-    unreceived = conn.execute(
-        update(wf)
-        .where(
-            wf.c.status == ENQUEUED,
-            wf.c.reserved_by.is_(None),
-            wf.c.updated_at < func.now() - backoff,
-        )
-        .values(publish_count=wf.c.publish_count + 1, updated_at=func.now())
-        .returning(wf.c.id, wf.c.name, wf.c.status),
-        {"grace": enqueued_timeout},
-    ).all()
-    # forget workers that have been silent for a day
-    conn.execute(
-        delete(s.workers).where(s.workers.c.last_heartbeat < func.now() - text("interval '1 day'"))
-    )
-    return [Recovered(*r) for r in (*dead, *prefetched, *unreceived)]
+    live = {"timeout": worker_timeout}
+    found = [
+        *ex.rows(_RECOVER_DEAD, {**live, "max_attempts": max_recovery_attempts}),
+        *ex.rows(_RECOVER_PREFETCHED, live),
+        *ex.rows(_REPUBLISH_UNRECEIVED, {"grace": enqueued_timeout}),
+    ]
+    ex.count(_FORGET_WORKERS)  # workers silent for a day
+    return [Recovered(*r) for r in found]

@@ -181,7 +181,7 @@ class Durable:
 
     def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
         check_id(workflow_id, "workflow_id")
-        if not self.db.run(db.workflow_exists, workflow_id):
+        if not self.db.now(db.workflow_exists, workflow_id):
             raise NonExistentWorkflowError(workflow_id)
         return WorkflowHandle(self, workflow_id)
 
@@ -197,9 +197,9 @@ class Durable:
     ) -> list[WorkflowStatus]:
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise InvalidArgumentError(f"limit must be an int >= 0, got {limit!r}")
-        rows = self.db.run(
-            lambda conn: db.list_workflows(
-                conn, status=status, name=name, parent=parent,
+        rows = self.db.now(
+            lambda ex: db.list_workflows(
+                ex, status=status, name=name, parent=parent,
                 limit=limit, offset=offset, newest_first=newest_first,
             )
         )  # fmt: skip
@@ -208,8 +208,8 @@ class Durable:
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
         """The checkpoints recorded for a workflow, in order."""
         check_id(workflow_id, "workflow_id")
-        rows = self.db.run(db.list_steps, workflow_id)
-        if not rows and not self.db.run(db.workflow_exists, workflow_id):
+        rows = self.db.now(db.list_steps, workflow_id)
+        if not rows and not self.db.now(db.workflow_exists, workflow_id):
             raise NonExistentWorkflowError(workflow_id)
         return [StepInfo.from_row(self, r) for r in rows]
 

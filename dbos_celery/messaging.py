@@ -15,18 +15,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import context
 from . import database as db
 from .errors import (
-    LeaseLostError,
     MessageTooLargeError,
     NonExistentWorkflowError,
     SendFromStepError,
 )
-from .step import durable_deadline, record, replayed
+from .step import checkpointed, durable_deadline, record, replayed, write_checkpoint
 from .validation import check_id, check_timeout, check_topic
 from .wakeup import key
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Connection
-
     from .context import WorkflowContext
     from .durable import Durable
 
@@ -62,8 +59,8 @@ def send(
     if ctx is not None and ctx.in_step and idempotency_key is None:
         raise SendFromStepError(destination_id)
     if ctx is None or ctx.in_step:
-        if not d.db.run(db.insert_message, destination_id, t, payload, idempotency_key):
-            if not d.db.run(db.workflow_exists, destination_id):
+        if not d.db.now(db.insert_message, destination_id, t, payload, idempotency_key):
+            if not d.db.now(db.workflow_exists, destination_id):
                 raise NonExistentWorkflowError(destination_id)
             return  # a retried send with the same key: stored once already
     else:
@@ -74,28 +71,19 @@ def send(
             return  # sent on an earlier run of this workflow
         missing = NonExistentWorkflowError(destination_id)
 
-        def tx(conn: Connection) -> bool:
+        def tx(ex: db.Executor) -> bool:
             error = None
-            if not db.insert_message(conn, destination_id, t, payload, idempotency_key):
-                if not db.workflow_exists(conn, destination_id):
+            if not db.insert_message(ex, destination_id, t, payload, idempotency_key):
+                if not db.workflow_exists(ex, destination_id):
                     # record the failure: a replay must fail the same way even
                     # if the destination exists by then (no message is stored)
                     error = d.serializer.dumps_error(missing)
-            db.insert_step(conn, ctx.workflow_id, seq, SEND, None, error)
+            write_checkpoint(ex, ctx, seq, SEND, None, error)
             return error is None
 
-        if not _checkpointed(d, ctx, tx):
+        if not checkpointed(d, ctx, tx, transaction=True):
             raise missing
     d.notifier.notify(key("m", destination_id, t))
-
-
-def _checkpointed(d: Durable, ctx: WorkflowContext, tx: Callable[[Connection], T]) -> T:
-    try:
-        return d.db.run(tx)
-    except Exception as exc:
-        if db.is_conflict(exc):
-            raise LeaseLostError(ctx.workflow_id) from exc
-        raise
 
 
 def recv(d: Durable, topic: str | None = None, timeout: float = 60.0) -> Any:
@@ -109,14 +97,9 @@ def recv(d: Durable, topic: str | None = None, timeout: float = 60.0) -> Any:
     wid = ctx.workflow_id
 
     def consume() -> tuple[bytes] | None:
-        try:
-            return d.db.run(db.consume_message, wid, t, seq, RECV)
-        except Exception as exc:
-            # another runner recorded this recv (we lost the lease while
-            # waiting): the statement rolled back, so nothing was consumed
-            if db.is_conflict(exc):
-                raise LeaseLostError(wid) from exc
-            raise
+        # a conflict means another runner recorded this recv (we lost the
+        # lease while waiting): the statement failed whole, nothing consumed
+        return checkpointed(d, ctx, db.consume_message, wid, t, seq, RECV)
 
     got = _wait(d, ctx, key("m", wid, t), consume, deadline_seq, timeout)
     if got is None:
@@ -159,11 +142,11 @@ def set_event(d: Durable, key_: str, value: Any) -> None:
     if ctx.replay(seq, SET_EVENT) is not None:
         return
 
-    def tx(conn: Connection) -> None:
-        db.upsert_event(conn, ctx.workflow_id, key_, data)
-        db.insert_step(conn, ctx.workflow_id, seq, SET_EVENT, None, None)
+    def tx(ex: db.Executor) -> None:
+        db.upsert_event(ex, ctx.workflow_id, key_, data)
+        write_checkpoint(ex, ctx, seq, SET_EVENT, None)
 
-    _checkpointed(d, ctx, tx)
+    checkpointed(d, ctx, tx, transaction=True)
     d.notifier.notify(key("e", ctx.workflow_id, key_))
 
 
@@ -174,7 +157,7 @@ def get_event(d: Durable, workflow_id: str, key_: str, timeout: float = 60.0) ->
     k = key("e", workflow_id, key_)
 
     def read() -> tuple[bytes] | None:
-        return d.db.run(db.get_event, workflow_id, key_)
+        return d.db.now(db.get_event, workflow_id, key_)
 
     ctx = context.current()
     if ctx is None or ctx.in_step:

@@ -82,7 +82,7 @@ class ProcessRuntime:
         if self._thread is not None:
             self._thread.join(timeout=3)
         try:
-            self.durable.db.run(db.delete_worker, self.executor_id)
+            self.durable.db.now(db.delete_worker, self.executor_id)
         except Exception as exc:
             log.warning("could not remove worker row %s (%s)", self.executor_id, exc)
 

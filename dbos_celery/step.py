@@ -25,7 +25,42 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 log = logging.getLogger("dbos_celery")
+
+
+def write_checkpoint(
+    ex: db.Executor,
+    ctx: WorkflowContext,
+    seq: int,
+    name: str,
+    output: bytes | None,
+    error: bytes | None = None,
+) -> None:
+    """Write one checkpoint (inside a caller's transaction or alone)."""
+    if not db.insert_step(ex, ctx.workflow_id, seq, name, output, error, ctx.executor_id):
+        raise LeaseLostError(ctx.workflow_id)
+
+
+def checkpointed(
+    durable: Durable,
+    ctx: WorkflowContext,
+    fn: Callable[..., T],
+    *args: Any,
+    transaction: bool = False,
+) -> T:
+    """Run ``fn(executor, *args)`` that writes checkpoints: alone in autocommit
+    mode, or as one transaction. A checkpoint already recorded at its sequence
+    number, or a lease held by someone else, means another runner owns this
+    workflow now: stop with LeaseLostError (nothing was written)."""
+    try:
+        if transaction:
+            return durable.db.run(fn, *args)
+        return durable.db.now(fn, *args)
+    except Exception as exc:
+        if db.is_conflict(exc):
+            raise LeaseLostError(ctx.workflow_id) from exc
+        raise
 
 
 def record(
@@ -36,14 +71,8 @@ def record(
     output: bytes | None,
     error: bytes | None = None,
 ) -> None:
-    """Commit one checkpoint. A checkpoint already at ``seq`` means another
-    runner owns this workflow now: stop with LeaseLostError."""
-    try:
-        durable.db.run(db.insert_step, ctx.workflow_id, seq, name, output, error)
-    except Exception as exc:
-        if db.is_conflict(exc):
-            raise LeaseLostError(ctx.workflow_id) from exc
-        raise
+    """Commit one checkpoint: one INSERT, one round trip."""
+    checkpointed(durable, ctx, write_checkpoint, ctx, seq, name, output, error)
 
 
 def replayed(durable: Durable, row: db.StepRow) -> Any:

@@ -27,7 +27,7 @@ from .errors import (
     WorkflowFailedError,
     WorkflowNotRegisteredError,
 )
-from .step import record, replayed
+from .step import checkpointed, record, replayed, write_checkpoint
 from .validation import check_id, check_timeout
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class WorkflowHandle(Generic[R]):
         return f"WorkflowHandle({self.workflow_id!r})"
 
     def status(self) -> WorkflowStatus:
-        row = self.durable.db.run(db.get_workflow, self.workflow_id)
+        row = self.durable.db.now(db.get_workflow, self.workflow_id)
         if row is None:
             raise NonExistentWorkflowError(self.workflow_id)
         return WorkflowStatus.from_row(self.durable, row)
@@ -128,7 +128,7 @@ class WorkflowHandle(Generic[R]):
         d.notifier.start()
         with d.notifier.waiters.register(d.done_key(self.workflow_id)) as waiter:
             while True:
-                got = d.db.run(db.get_status, self.workflow_id)
+                got = d.db.now(db.get_status, self.workflow_id)
                 if got is None:
                     raise NonExistentWorkflowError(self.workflow_id)
                 status, output, error = got
@@ -192,7 +192,7 @@ class Workflow(Generic[P, R]):
         ctx = context.current()
         if ctx is None or ctx.in_step:
             workflow_id = workflow_id or str(uuid.uuid4())
-            return workflow_id, d.db.run(self._insert, workflow_id, inputs, None)
+            return workflow_id, d.db.now(self._insert, workflow_id, inputs, None)
         # a child workflow: its start is a checkpoint of the parent
         seq = ctx.next_seq()
         step_name = f"durable.start:{self.name}"
@@ -203,24 +203,19 @@ class Workflow(Generic[P, R]):
         parent = ctx.workflow_id
         id_bytes = d.serializer.dumps(child_id)
 
-        def tx(conn: Any) -> bool:
-            inserted = self._insert(conn, child_id, inputs, parent)
-            db.insert_step(conn, parent, seq, step_name, id_bytes, None)
+        def tx(ex: db.Executor) -> bool:
+            inserted = self._insert(ex, child_id, inputs, parent)
+            write_checkpoint(ex, ctx, seq, step_name, id_bytes)
             return inserted
 
-        try:
-            return child_id, d.db.run(tx)
-        except Exception as exc:
-            if db.is_conflict(exc):
-                raise LeaseLostError(parent) from exc
-            raise
+        return child_id, checkpointed(d, ctx, tx, transaction=True)
 
-    def _insert(self, conn: Any, workflow_id: str, inputs: bytes, parent: str | None) -> bool:
+    def _insert(self, ex: db.Executor, workflow_id: str, inputs: bytes, parent: str | None) -> bool:
         """Insert the row; an existing row of the same workflow is fine
         (idempotent start), one of another workflow is an error."""
-        if db.insert_workflow(conn, workflow_id, self.name, inputs, parent):
+        if db.insert_workflow(ex, workflow_id, self.name, inputs, parent):
             return True
-        existing = db.workflow_name(conn, workflow_id)
+        existing = db.workflow_name(ex, workflow_id)
         if existing is not None and existing != self.name:
             raise ConflictingWorkflowIdError(workflow_id, existing, self.name)
         return False
@@ -235,7 +230,7 @@ def execute(durable: Durable, workflow_id: str) -> None:
     d = durable
     runtime = d.runtime()
     runtime.start()
-    claimed = d.db.run(db.claim_workflow, workflow_id, runtime.executor_id, d.worker_timeout)
+    claimed = d.db.now(db.claim_workflow, workflow_id, runtime.executor_id, d.worker_timeout)
     if claimed is None:
         log.info("workflow %s is running elsewhere or finished; delivery dropped",
                  workflow_id, extra={"workflow_id": workflow_id})  # fmt: skip
@@ -243,13 +238,13 @@ def execute(durable: Durable, workflow_id: str) -> None:
     row, steps = claimed
     executor = runtime.executor_id
     if row.recovery_attempts > d.max_recovery_attempts:
-        d.db.run(db.finish_workflow, workflow_id, executor,
+        d.db.now(db.finish_workflow, workflow_id, executor,
                  db.MAX_RECOVERY_ATTEMPTS_EXCEEDED, None, None)  # fmt: skip
         d.notifier.notify(d.done_key(workflow_id))
         return
     wf = d.workflows.get(row.name)
     if wf is None:
-        d.db.run(db.release_workflow, workflow_id, executor)
+        d.db.now(db.release_workflow, workflow_id, executor)
         raise WorkflowNotRegisteredError(row.name)
     ctx = WorkflowContext(workflow_id, executor, {s.seq: s for s in steps})
     token = context.enter(ctx)
@@ -262,7 +257,7 @@ def execute(durable: Durable, workflow_id: str) -> None:
         # Either another runner owns it now (the release is a no-op), or our
         # own commit landed before its connection dropped and the retry hit
         # the checkpoint it wrote: then replay it at once from a new delivery.
-        if d.db.run(db.release_workflow, workflow_id, executor):
+        if d.db.now(db.release_workflow, workflow_id, executor):
             d.publish(workflow_id, row.name)
         log.warning("workflow %s: checkpoint conflict; replaying from its checkpoints",
                     workflow_id, extra={"workflow_id": workflow_id})  # fmt: skip
@@ -272,5 +267,5 @@ def execute(durable: Durable, workflow_id: str) -> None:
         log.info("workflow %s failed: %r", workflow_id, exc, extra={"workflow_id": workflow_id})
     finally:
         context.leave(token)
-    d.db.run(db.finish_workflow, workflow_id, executor, status, output, error)
+    d.db.now(db.finish_workflow, workflow_id, executor, status, output, error)
     d.notifier.notify(d.done_key(workflow_id))
