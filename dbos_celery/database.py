@@ -426,6 +426,9 @@ def list_workflows(
     return [WorkflowRow(*r) for r in ex.rows(q, cache=False)]
 
 
+_ASYNC_COMMIT = select(func.set_config("synchronous_commit", "off", True).label("x")).cte(
+    "async_commit"
+)
 _CLAIMED = (
     update(wf)
     .where(
@@ -445,9 +448,16 @@ _CLAIMED = (
     .returning(*_WORKFLOW_COLS)
     .cte("claimed")
 )
+# The claim may commit asynchronously: if Postgres loses it in a crash, the
+# row is back to ENQUEUED (or PENDING under a dead executor), the runner's
+# next checkpoint fails its lease check, and the sweep publishes it again.
 _CLAIM = (
     select(_CLAIMED, st.c.seq, st.c.name, st.c.output, st.c.error)
-    .select_from(_CLAIMED.outerjoin(st, st.c.workflow_id == _CLAIMED.c.id))
+    .select_from(
+        _CLAIMED.join(_ASYNC_COMMIT, literal_column("true")).outerjoin(
+            st, st.c.workflow_id == _CLAIMED.c.id
+        )
+    )
     .order_by(st.c.seq)
 )
 
@@ -632,9 +642,6 @@ _OLDEST = (
     .scalar_subquery()
 )
 _TAKEN = delete(msg).where(msg.c.id == _OLDEST).returning(msg.c.payload).cte("taken")
-_ASYNC_COMMIT = select(func.set_config("synchronous_commit", "off", True).label("x")).cte(
-    "async_commit"
-)
 _CONSUME = (
     insert(st)
     .from_select(

@@ -78,7 +78,7 @@ class Durable:
         )
         self.serializer = Serializer(serializer)
         self.notifier: Notifier = (
-            RedisNotifier(redis_url, f"dbos_celery:{schema}") if redis_url else LocalNotifier()
+            RedisNotifier(redis_url, f"dbos_celery:{schema}:") if redis_url else LocalNotifier()
         )
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval

@@ -15,9 +15,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
@@ -48,17 +48,32 @@ class Waiter:
 
 
 class Waiters:
-    """The waiters of one process, keyed by what they wait for."""
+    """The waiters of one process, keyed by what they wait for.
 
-    def __init__(self) -> None:
+    ``on_first(key)`` and ``on_last(key)`` run (under the lock, so they are
+    ordered) when a key gets its first waiter and loses its last one.
+    """
+
+    def __init__(
+        self,
+        on_first: Callable[[str], None] | None = None,
+        on_last: Callable[[str], None] | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._by_key: dict[str, set[Waiter]] = {}
+        self._on_first = on_first
+        self._on_last = on_last
 
     @contextmanager
     def register(self, k: str) -> Iterator[Waiter]:
         w = Waiter()
         with self._lock:
-            self._by_key.setdefault(k, set()).add(w)
+            group = self._by_key.get(k)
+            if group is None:
+                group = self._by_key[k] = set()
+                if self._on_first is not None:
+                    self._on_first(k)
+            group.add(w)
         try:
             yield w
         finally:
@@ -68,6 +83,12 @@ class Waiters:
                     group.discard(w)
                     if not group:
                         del self._by_key[k]
+                        if self._on_last is not None:
+                            self._on_last(k)
+
+    def keys(self) -> list[str]:
+        with self._lock:
+            return list(self._by_key)
 
     def wake(self, k: str) -> None:
         with self._lock:
@@ -117,12 +138,21 @@ class LocalNotifier:
 
 
 class RedisNotifier:
-    """Redis PUBLISH after commit; one subscriber thread per process."""
+    """Redis PUBLISH after commit; one subscriber connection per process.
+
+    Each key has its own channel, and a process subscribes only to the keys
+    its waiters wait for: a hint reaches the processes that wait for it, not
+    every process of the cluster (a finished workflow's hint would otherwise
+    wake every worker). One thread reads the subscription and fans out; the
+    waiters' threads send SUBSCRIBE / UNSUBSCRIBE on it (redis-py serializes
+    sends; only the reader thread reads).
+    """
 
     def __init__(self, url: str, channel: str) -> None:
         self.url = url
         self.channel = channel
-        self.waiters = Waiters()
+        self.waiters = Waiters(self._subscribe_key, self._unsubscribe_key)
+        self._pubsub: Any = None
         self._client: redis.Redis | None = None
         self._pid = 0
         self._thread: threading.Thread | None = None
@@ -139,6 +169,7 @@ class RedisNotifier:
             )
             self._pid = os.getpid()
             self._thread = None
+            self._pubsub = None  # the parent's, if forked
             self._start_lock = threading.Lock()  # a fork may copy it held
             self._subscribed.clear()
         return self._client
@@ -146,7 +177,7 @@ class RedisNotifier:
     def notify(self, k: str) -> None:
         self.waiters.wake(k)
         try:
-            self._redis().publish(self.channel, k)
+            self._redis().publish(self.channel + k, k)
         except (redis.RedisError, OSError) as exc:
             if not self._publish_failing:
                 log.warning(
@@ -182,6 +213,23 @@ class RedisNotifier:
             self._thread.join(timeout=3)
         self._thread = None
 
+    def _subscribe_key(self, k: str) -> None:
+        self._send("subscribe", k)
+
+    def _unsubscribe_key(self, k: str) -> None:
+        self._send("unsubscribe", k)
+
+    def _send(self, command: str, k: str) -> None:
+        """(Un)subscribe a key's channel without waiting for the reply; while
+        disconnected, the reconnect subscribes every waited-for key."""
+        pubsub = self._pubsub
+        if pubsub is None or self._pid != os.getpid():
+            return
+        try:
+            getattr(pubsub, command)(self.channel + k)
+        except (redis.RedisError, OSError):
+            pass  # the reader notices the broken connection and reconnects
+
     def _listen(self) -> None:
         delay = 0.05
         while not self._stop.is_set():
@@ -191,7 +239,10 @@ class RedisNotifier:
                     self.url, socket_connect_timeout=1.0, health_check_interval=10
                 )
                 pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-                pubsub.subscribe(self.channel)
+                with self.waiters._lock:  # no key may come or go meanwhile
+                    keys = list(self.waiters._by_key)
+                    pubsub.subscribe(self.channel, *(self.channel + k for k in keys))
+                    self._pubsub = pubsub
                 self._subscribed.set()
                 if self._listen_failing:
                     log.info("Redis wakeup subscriber reconnected")
@@ -205,6 +256,7 @@ class RedisNotifier:
                         data = m["data"]
                         self.waiters.wake(data.decode() if isinstance(data, bytes) else data)
             except (redis.RedisError, OSError, ValueError) as exc:
+                self._pubsub = None
                 self._subscribed.clear()
                 if not self._listen_failing:
                     log.warning(
@@ -216,6 +268,7 @@ class RedisNotifier:
                 self._stop.wait(delay)
                 delay = min(delay * 2, 1.0)
             finally:
+                self._pubsub = None
                 if pubsub is not None:
                     try:
                         pubsub.close()

@@ -344,7 +344,7 @@ def test_messages_arrive_while_redis_is_down_and_wakeups_resume(
     env.redis_url = private_redis.url  # wakeups only; the broker stays shared
     env.extra["DBOS_TEST_POLL_INTERVAL"] = str(poll)
     ns = make_app()
-    channel = f"dbos_celery:{env.schema}"
+    channel = f"dbos_celery:{env.schema}:"  # every subscriber joins this one
     worker = _start_worker(env, workers, pool="threads", concurrency=2)
     h = ns.collect.start(7, "r", 60, workflow_id="r")
     wait_for(lambda: private_redis.subscribers(channel) >= 1, 10, worker.describe)
