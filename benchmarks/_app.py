@@ -1,0 +1,73 @@
+"""The app the benchmarks run, in-process and in `celery worker` subprocesses.
+
+``build(env)`` makes a Celery app + Durable for one schema and queue; the
+worker subprocess builds it from its environment (module-level ``app``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from types import SimpleNamespace
+
+import redis
+from celery import Celery
+
+from dbos_celery import Durable
+
+
+def build(env: dict[str, str]) -> SimpleNamespace:
+    schema, queue = env["BENCH_SCHEMA"], env["BENCH_QUEUE"]
+    app = Celery("bench", broker=env["BENCH_BROKER_URL"])
+    app.conf.task_default_queue = queue
+    app.conf.broker_connection_retry_on_startup = True
+    app.conf.worker_hijack_root_logger = False
+    durable = Durable(
+        app, env["BENCH_DATABASE_URL"], redis_url=env["BENCH_WAKEUP_URL"] or None, schema=schema
+    )
+    counter = f"bench:{schema}:done"
+    r = redis.Redis.from_url(env["BENCH_BROKER_URL"])  # connects lazily (per process)
+
+    def trivial(i: int) -> int:
+        return i + 1
+
+    # --- steps.py ---
+
+    step = durable.step(name="bench.trivial")(trivial)
+
+    @durable.workflow(name="bench.one_step")
+    def one_step(i: int) -> int:
+        return step(i)
+
+    @app.task(name="bench.plain", ignore_result=True)
+    def plain(i: int, n: int) -> int:
+        out = trivial(i)
+        # completion count, and the times of the first and n-th completions
+        done = r.incr(counter)
+        if done in (1, n):
+            r.set(f"{counter}:{'first' if done == 1 else 'last'}", repr(time.time()))
+        return out
+
+    # --- messaging.py ---
+
+    @durable.workflow(name="bench.receiver")
+    def receiver(n: int) -> list[float]:
+        """recv n messages {"t": send time}; seconds from send to recv returning."""
+        lat = []
+        for _ in range(n):
+            m = durable.recv(timeout=60)
+            lat.append(time.time() - m["t"])
+        return lat
+
+    return SimpleNamespace(
+        app=app, durable=durable, schema=schema, queue=queue, counter=counter, redis=r,
+        trivial=trivial, step=step, one_step=one_step, plain=plain,
+        receiver=receiver,
+    )  # fmt: skip
+
+
+# the worker subprocess: `celery -A benchmarks._app worker`
+if os.environ.get("BENCH_SCHEMA"):
+    _ns = build(dict(os.environ))
+    app = _ns.app
+    durable = _ns.durable
