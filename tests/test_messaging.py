@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import socket
 import subprocess
 import sys
@@ -682,3 +683,21 @@ def test_send_from_workflow_to_finished_workflow_stores_message(
     # and from outside, the same
     ns.durable.send(dest, "later", "t")
     assert stored_messages(env, dest) == [("t", "late"), ("t", "later")]
+
+
+def test_send_succeeds_with_redis_down_and_logs_the_failure_once(
+    env: Env,
+    make_app: Callable[..., SimpleNamespace],
+    private_redis: PrivateRedis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env.redis_url = private_redis.url
+    ns = make_app()
+    dest = finished_workflow(ns)
+    private_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="dbos_celery"):
+        for i in range(5):
+            ns.durable.send(dest, f"m{i}", "t")  # the commit is what counts
+    assert [m for _, m in stored_messages(env, dest)] == [f"m{i}" for i in range(5)]
+    failures = [r for r in caplog.records if "publish failed" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
