@@ -22,6 +22,9 @@ def build(env: dict[str, str]) -> SimpleNamespace:
     app.conf.task_default_queue = queue
     app.conf.broker_connection_retry_on_startup = True
     app.conf.worker_hijack_root_logger = False
+    if env.get("BENCH_RESULT_BACKEND"):  # calls.py: the plain .get() baseline
+        app.conf.result_backend = env["BENCH_RESULT_BACKEND"]
+        app.conf.result_expires = 600  # the keys' TTL in Redis
     durable = Durable(
         app, env["BENCH_DATABASE_URL"], redis_url=env["BENCH_WAKEUP_URL"] or None, schema=schema
     )
@@ -59,10 +62,32 @@ def build(env: dict[str, str]) -> SimpleNamespace:
             lat.append(time.time() - m["t"])
         return lat
 
+    # --- calls.py ---
+
+    @app.task(name="bench.add")
+    def add(i: int) -> int:
+        """The plain baseline: its result goes to the result backend."""
+        return trivial(i)
+
+    @app.task(name="bench.add_durable", ignore_result=True)
+    def add_durable(i: int) -> int:
+        """The same for durable.call, which needs no result backend."""
+        return trivial(i)
+
+    @durable.workflow(name="bench.caller")
+    def caller(n: int) -> list[float]:
+        """n durable.calls one after the other; seconds per call."""
+        lat = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            durable.call(add_durable, i)
+            lat.append(time.perf_counter() - t0)
+        return lat
+
     return SimpleNamespace(
         app=app, durable=durable, schema=schema, queue=queue, counter=counter, redis=r,
         trivial=trivial, step=step, one_step=one_step, plain=plain,
-        receiver=receiver,
+        receiver=receiver, add=add, add_durable=add_durable, caller=caller,
     )  # fmt: skip
 
 

@@ -1,7 +1,9 @@
 """Durable execution for existing Celery apps."""
 
+from .calls import TaskCall
 from .durable import Durable
 from .errors import (
+    CallWouldDeadlockError,
     ConfigurationError,
     ConflictingWorkflowIdError,
     DatabaseUnavailableError,
@@ -18,13 +20,16 @@ from .errors import (
     SendFromStepError,
     SerializationError,
     StepError,
+    WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNotRegisteredError,
+    WorkflowNotResumableError,
 )
 from .step import Step
 from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
 
 __all__ = [
+    "CallWouldDeadlockError",
     "ConfigurationError",
     "ConflictingWorkflowIdError",
     "DatabaseUnavailableError",
@@ -44,9 +49,12 @@ __all__ = [
     "Step",
     "StepError",
     "StepInfo",
+    "TaskCall",
     "Workflow",
+    "WorkflowCancelledError",
     "WorkflowFailedError",
     "WorkflowHandle",
     "WorkflowNotRegisteredError",
+    "WorkflowNotResumableError",
     "WorkflowStatus",
 ]

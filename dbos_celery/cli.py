@@ -1,7 +1,15 @@
-"""The ``dbos-celery`` command: migrations and workflow inspection.
+"""The ``dbos-celery`` command: migrations, workflow inspection and management.
 
-Exit codes scripts can rely on: 0 success, 1 any other error, 2 bad usage,
-3 no such workflow, 4 database unavailable.
+Exit codes scripts can rely on: 0 success (also a cancel of a workflow that
+had ended already, a no-op), 1 any other error (e.g. resuming a finished
+workflow), 2 bad usage, 3 no such workflow, 4 database unavailable.
+
+``workflow resume`` and ``workflow fork`` publish the workflow's Celery
+message by task name (the command has no app of yours) to ``--broker-url``
+(default ``$DBOS_CELERY_BROKER_URL``), on ``--queue`` if given, else Celery's
+default queue. Without a broker (or if publishing fails) the row is left
+ENQUEUED and a worker's recovery sweep publishes it after
+``enqueued_timeout``, routed by your app.
 """
 
 from __future__ import annotations
@@ -12,15 +20,51 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
 
+from . import management
 from .durable import Durable
-from .errors import DatabaseUnavailableError, DurableError, NonExistentWorkflowError
+from .errors import (
+    DatabaseUnavailableError,
+    DurableError,
+    InvalidArgumentError,
+    NonExistentWorkflowError,
+)
+from .workflow import WorkflowHandle
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DB = 0, 1, 2, 3, 4
+
+
+def _iso(value: str) -> datetime:
+    """An ISO 8601 date or date-time; without an offset, UTC."""
+    try:
+        got = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or date-time: {value!r}") from None
+    return got if got.tzinfo is not None else got.replace(tzinfo=timezone.utc)
+
+
+def _step(value: str) -> int:
+    try:
+        got = int(value)
+    except ValueError:
+        got = -1
+    if got < 0:
+        raise argparse.ArgumentTypeError(f"a step number >= 0 expected, got {value!r}")
+    return got
+
+
+def _publishing(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--broker-url",
+        default=os.environ.get("DBOS_CELERY_BROKER_URL"),
+        help="Celery broker to publish the workflow's message to (default: "
+        "$DBOS_CELERY_BROKER_URL; none: the recovery sweep publishes it later)",
+    )
+    p.add_argument("--queue", help="queue to publish to (default: Celery's default queue)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,18 +87,53 @@ def _parser() -> argparse.ArgumentParser:
     )
     verbs = p.add_subparsers(dest="verb", required=True)
     verbs.add_parser("migrate", help="create or upgrade the schema")
-    wf = verbs.add_parser("workflow", help="inspect workflows").add_subparsers(
+    wf = verbs.add_parser("workflow", help="inspect and manage workflows").add_subparsers(
         dest="action", required=True
     )
     ls = wf.add_parser("list", help="list workflows, oldest first")
     ls.add_argument("--status")
     ls.add_argument("--name")
     ls.add_argument("--parent")
+    ls.add_argument(
+        "--created-after",
+        type=_iso,
+        metavar="ISO",
+        help="created at or after this ISO 8601 time (UTC without an offset)",
+    )
+    ls.add_argument("--created-before", type=_iso, metavar="ISO",
+                    help="created before this ISO 8601 time (UTC without an offset)")  # fmt: skip
     ls.add_argument("--limit", type=int, default=100)
     ls.add_argument("--offset", type=int, default=0)
     ls.add_argument("--newest-first", action="store_true")
     for verb, text in (("get", "show one workflow"), ("steps", "list a workflow's steps")):
         wf.add_parser(verb, help=text).add_argument("workflow_id")
+    wf.add_parser(
+        "cancel",
+        help="cancel a workflow: an enqueued one never runs, a running one stops at its "
+        "next step or wait; a finished one is left as it is",
+    ).add_argument("workflow_id")
+    resume = wf.add_parser(
+        "resume",
+        help="run a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow again from its "
+        "checkpoints",
+    )
+    resume.add_argument("workflow_id")
+    _publishing(resume)
+    fork = wf.add_parser(
+        "fork",
+        help="start a copy of a workflow (same name and inputs) that keeps the checkpoints "
+        "before --from-step and runs the rest again",
+    )
+    fork.add_argument("workflow_id")
+    fork.add_argument(
+        "--from-step",
+        type=_step,
+        required=True,
+        metavar="SEQ",
+        help="first step to run again (its seq, as `workflow steps` lists it)",
+    )
+    fork.add_argument("--new-id", help="id of the new workflow (default: a UUID)")  # fmt: skip
+    _publishing(fork)
     return p
 
 
@@ -82,6 +161,53 @@ def _emit(args: argparse.Namespace, rows: list[dict[str, Any]], columns: Sequenc
 WORKFLOW_COLUMNS = ("workflow_id", "name", "status", "created_at", "recovery_attempts", "error")
 
 
+def _note(text: str) -> None:
+    print(f"dbos-celery: {text}", file=sys.stderr)
+
+
+class _Publisher:
+    """Publishes a workflow's Celery message by task name, if given a broker."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.url: str | None = args.broker_url or None
+        self.queue: str | None = args.queue
+        self.app: Celery | None = None
+        self.published = False
+
+    def __call__(self, workflow_id: str, name: str) -> None:
+        if self.url is None:
+            return
+        self.app = Celery("dbos-celery-cli", broker=self.url)
+        options: dict[str, Any] = {"queue": self.queue} if self.queue else {}
+        try:
+            self.app.send_task(
+                name, (workflow_id,), task_id=workflow_id, retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
+                **options,
+            )  # fmt: skip
+        except Exception as exc:  # the row is committed: the sweep publishes it
+            _note(f"publishing to the broker failed ({type(exc).__name__}: {exc})")
+            return
+        self.published = True
+
+    def close(self) -> None:
+        if self.app is not None:
+            self.app.close()
+
+
+def _enqueued(
+    args: argparse.Namespace, handle: WorkflowHandle[Any], enqueued: bool, pub: _Publisher
+) -> None:
+    """Print the workflow after a resume or fork, and how it will run."""
+    wid = handle.workflow_id
+    if enqueued and not pub.published:
+        _note(f"workflow {wid} is ENQUEUED but was not published (no --broker-url or "
+              "DBOS_CELERY_BROKER_URL, or the broker failed): a worker's recovery sweep "
+              "publishes it after enqueued_timeout (30 s by default)")  # fmt: skip
+    row = {**asdict(handle.status()), "enqueued": enqueued, "published": pub.published}
+    _emit(args, [row], (*WORKFLOW_COLUMNS, "enqueued", "published"))
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.database_url:
@@ -102,6 +228,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             found = durable.list_workflows(
                 status=args.status, name=args.name, parent=args.parent, limit=args.limit,
                 offset=args.offset, newest_first=args.newest_first,
+                created_after=args.created_after, created_before=args.created_before,
             )  # fmt: skip
             _emit(args, [asdict(s) for s in found], WORKFLOW_COLUMNS)
         elif args.action == "get":
@@ -110,10 +237,37 @@ def run(argv: Sequence[str] | None = None) -> int:
         elif args.action == "steps":
             steps = durable.list_steps(args.workflow_id)
             _emit(args, [asdict(s) for s in steps], ("seq", "name", "output", "error"))
+        elif args.action == "cancel":
+            cancelled = durable.cancel(args.workflow_id)
+            status = durable.retrieve(args.workflow_id).status()
+            if not cancelled:
+                _note(f"workflow {args.workflow_id} had ended already ({status.status}); "
+                      "nothing to cancel")  # fmt: skip
+            _emit(args, [{**asdict(status), "cancelled": cancelled}],
+                  (*WORKFLOW_COLUMNS, "cancelled"))  # fmt: skip
+        elif args.action in ("resume", "fork"):
+            pub = _Publisher(args)
+            try:
+                if args.action == "resume":
+                    handle, enqueued = management.resume(durable, args.workflow_id, pub)
+                    if not enqueued:
+                        _note(f"workflow {args.workflow_id} is live already; nothing to resume")
+                else:
+                    handle, enqueued = management.fork(
+                        durable, args.workflow_id, args.from_step, args.new_id, pub
+                    )
+                    if not enqueued:
+                        _note(f"workflow {handle.workflow_id} exists already; not forked again")
+                _enqueued(args, handle, enqueued, pub)
+            finally:
+                pub.close()
         return EXIT_OK
     except NonExistentWorkflowError as exc:
         print(f"dbos-celery: {exc}", file=sys.stderr)
         return EXIT_NOT_FOUND
+    except InvalidArgumentError as exc:
+        print(f"dbos-celery: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except DatabaseUnavailableError as exc:
         print(f"dbos-celery: {exc}", file=sys.stderr)
         return EXIT_DB

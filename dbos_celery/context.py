@@ -25,6 +25,11 @@ class WorkflowContext:
     recorded: dict[int, StepRow] = field(default_factory=dict)
     seq: int = 0
     in_step: bool = False
+    # epoch seconds past which it is cancelled (a timeout), read at the claim
+    deadline: float | None = None
+    # set by a cancel hint (Redis, or this process's heartbeat): read the
+    # status at the next durable boundary
+    stop_hint: bool = False
 
     def next_seq(self) -> int:
         seq = self.seq

@@ -319,6 +319,7 @@ class WorkflowRow:
     parent_id: str | None
     created_at: datetime
     updated_at: datetime
+    deadline: datetime | None
 
 
 @dataclass(frozen=True)
@@ -332,8 +333,9 @@ class StepRow:
 _WORKFLOW_COLS = (
     wf.c.id, wf.c.name, wf.c.status, wf.c.inputs, wf.c.output, wf.c.error,
     wf.c.executor_id, wf.c.recovery_attempts, wf.c.parent_id,
-    wf.c.created_at, wf.c.updated_at,
+    wf.c.created_at, wf.c.updated_at, wf.c.deadline,
 )  # fmt: skip
+_NCOLS = len(_WORKFLOW_COLS)
 _WID = bindparam("wid", type_=Text)
 
 
@@ -359,6 +361,11 @@ _INSERT_WORKFLOW = (
         status=ENQUEUED,
         inputs=bindparam("inputs", type_=LargeBinary),
         parent_id=bindparam("parent", type_=Text),
+        # the earlier of its own timeout and the deadline it inherits (NULLs ignored)
+        deadline=func.least(
+            func.to_timestamp(bindparam("inherit", type_=Float)),
+            func.now() + _seconds(bindparam("timeout", type_=Float)),
+        ),
     )
     .on_conflict_do_nothing(index_elements=["id"])
     .returning(wf.c.id)
@@ -366,10 +373,19 @@ _INSERT_WORKFLOW = (
 
 
 def insert_workflow(
-    ex: Executor, workflow_id: str, name: str, inputs: bytes, parent_id: str | None
+    ex: Executor,
+    workflow_id: str,
+    name: str,
+    inputs: bytes,
+    parent_id: str | None,
+    timeout: float | None = None,
+    inherited_deadline: float | None = None,
 ) -> bool:
-    """Insert an ENQUEUED workflow; False when the id exists already."""
-    params = {"wid": workflow_id, "name": name, "inputs": inputs, "parent": parent_id}
+    """Insert an ENQUEUED workflow; False when the id exists already. Its
+    deadline is ``timeout`` seconds from now, or the inherited deadline (epoch
+    seconds) if earlier; none when both are None."""
+    params = {"wid": workflow_id, "name": name, "inputs": inputs, "parent": parent_id,
+              "timeout": timeout, "inherit": inherited_deadline}  # fmt: skip
     return ex.first(_INSERT_WORKFLOW, params) is not None
 
 
@@ -413,7 +429,10 @@ def list_workflows(
     limit: int | None = None,
     offset: int | None = None,
     newest_first: bool = False,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> list[WorkflowRow]:
+    """Created in [created_after, created_before) when given."""
     q = select(*_WORKFLOW_COLS)
     if status is not None:
         q = q.where(wf.c.status == status)
@@ -421,6 +440,10 @@ def list_workflows(
         q = q.where(wf.c.name == name)
     if parent is not None:
         q = q.where(wf.c.parent_id == parent)
+    if created_after is not None:
+        q = q.where(wf.c.created_at >= created_after)
+    if created_before is not None:
+        q = q.where(wf.c.created_at < created_before)
     order = wf.c.created_at.desc() if newest_first else wf.c.created_at.asc()
     q = q.order_by(order, wf.c.id).limit(limit).offset(offset)
     return [WorkflowRow(*r) for r in ex.rows(q, cache=False)]
@@ -475,8 +498,8 @@ def claim_workflow(
     rows = ex.rows(_CLAIM, params)
     if not rows:
         return None
-    first = WorkflowRow(*rows[0][:11])
-    steps = [StepRow(*r[11:]) for r in rows if r[11] is not None]
+    first = WorkflowRow(*rows[0][:_NCOLS])
+    steps = [StepRow(*r[_NCOLS:]) for r in rows if r[_NCOLS] is not None]
     return first, steps
 
 
@@ -731,6 +754,13 @@ class Recovered:
 
 
 _SWEEP_LOCK = select(func.pg_try_advisory_xact_lock(func.hashtext(bindparam("lock", type_=Text))))
+# a timeout: children inherit the deadline, so they expire in the same pass
+_CANCEL_EXPIRED = (
+    update(wf)
+    .where(or_(wf.c.status == ENQUEUED, wf.c.status == PENDING), wf.c.deadline <= func.now())
+    .values(status=CANCELLED, updated_at=func.now())
+    .returning(wf.c.id, wf.c.name, wf.c.status)
+)
 _ATTEMPTS = wf.c.recovery_attempts + 1
 _RECOVER_DEAD = (
     update(wf)
@@ -780,7 +810,9 @@ def sweep(
 ) -> list[Recovered] | None:
     """One recovery pass; None when another process holds the sweep lock.
 
-    Returns the workflows to publish again: PENDING ones whose executor
+    First cancels the live workflows whose deadline has passed (returned
+    with status CANCELLED, so that their waiters can be woken). Then returns
+    the workflows to publish again: PENDING ones whose executor
     stopped heartbeating (now ENQUEUED, or MAX_RECOVERY_ATTEMPTS_EXCEEDED),
     ENQUEUED ones prefetched by a worker that died, and ENQUEUED ones no
     worker has received for a while (published with exponential backoff, so
@@ -790,9 +822,264 @@ def sweep(
         return None
     live = {"timeout": worker_timeout}
     found = [
+        *ex.rows(_CANCEL_EXPIRED),
         *ex.rows(_RECOVER_DEAD, {**live, "max_attempts": max_recovery_attempts}),
         *ex.rows(_RECOVER_PREFETCHED, live),
         *ex.rows(_REPUBLISH_UNRECEIVED, {"grace": enqueued_timeout}),
     ]
     ex.count(_FORGET_WORKERS)  # workers silent for a day
     return [Recovered(*r) for r in found]
+
+
+# --- management ---------------------------------------------------------------
+
+LIVE_STATUSES = (ENQUEUED, PENDING)
+RESUMABLE_STATUSES = (CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED)
+
+
+def _status_in(statuses: tuple[str, ...]) -> Any:
+    # not IN (...): an expanding parameter would need every value at compile time
+    return or_(*(wf.c.status == x for x in statuses))
+
+
+_LEASE_STATE = select(wf.c.status, wf.c.executor_id).where(wf.c.id == _WID)
+
+
+def lease_state(ex: Executor, workflow_id: str) -> tuple[str, str | None] | None:
+    """(status, executor_id) of a workflow, or None when it does not exist."""
+    row = ex.first(_LEASE_STATE, {"wid": workflow_id})
+    return (row[0], row[1]) if row is not None else None
+
+
+_CANCEL = (
+    update(wf)
+    .where(wf.c.id == _WID, _status_in(LIVE_STATUSES))
+    .values(status=CANCELLED, updated_at=func.now())
+    .returning(wf.c.id)
+)
+
+
+def cancel_workflow(ex: Executor, workflow_id: str) -> bool:
+    """ENQUEUED or PENDING -> CANCELLED; False when it is not live (finished,
+    cancelled already, or missing). The executor id stays: a runner learns of
+    the cancel when its next checkpoint fails the lease check."""
+    return ex.first(_CANCEL, {"wid": workflow_id}) is not None
+
+
+_EXPIRE_OWN = (
+    update(wf)
+    .where(
+        wf.c.id == _WID,
+        wf.c.status == PENDING,
+        wf.c.executor_id == bindparam("executor", type_=Text),
+    )
+    .values(status=CANCELLED, updated_at=func.now())
+    .returning(wf.c.id)
+)
+_CANCEL_CHILDREN = (
+    update(wf)
+    .where(wf.c.parent_id == _WID, _status_in(LIVE_STATUSES))
+    .values(status=CANCELLED, updated_at=func.now())
+    .returning(wf.c.id)
+)
+
+
+def expire_run(ex: Executor, workflow_id: str, executor_id: str) -> list[str] | None:
+    """A runner found its deadline passed: cancel its workflow and that
+    workflow's live children; the ids cancelled (its own first). None, and
+    nothing written, when ``executor_id`` no longer holds the lease. Run it in
+    one transaction."""
+    params = {"wid": workflow_id, "executor": executor_id}
+    if ex.first(_EXPIRE_OWN, params) is None:
+        return None
+    return [workflow_id, *(r[0] for r in ex.rows(_CANCEL_CHILDREN, params))]
+
+
+_RESUME = (
+    update(wf)
+    .where(wf.c.id == _WID, _status_in(RESUMABLE_STATUSES))
+    .values(
+        status=ENQUEUED,
+        executor_id=None,
+        reserved_by=None,
+        recovery_attempts=0,
+        publish_count=0,
+        deadline=None,
+        updated_at=func.now(),
+    )
+    .returning(wf.c.name)
+)
+
+
+def resume_workflow(ex: Executor, workflow_id: str) -> str | None:
+    """CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED -> ENQUEUED with a fresh
+    recovery count and no deadline; its name, or None when not resumable."""
+    row = ex.first(_RESUME, {"wid": workflow_id})
+    return None if row is None else str(row[0])
+
+
+_SOURCE = bindparam("source", type_=Text)
+_NEW_ID = bindparam("new_id", type_=Text)
+_FORK_WORKFLOW = (
+    pg_insert(wf)
+    .from_select(
+        ["id", "name", "status", "inputs"],
+        select(_NEW_ID, wf.c.name, literal(ENQUEUED, Text), wf.c.inputs).where(wf.c.id == _SOURCE),
+    )
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(wf.c.name)
+)
+_FORK_STEPS = insert(st).from_select(
+    ["workflow_id", "seq", "name", "output", "error"],
+    select(_NEW_ID, st.c.seq, st.c.name, st.c.output, st.c.error).where(
+        st.c.workflow_id == _SOURCE, st.c.seq < bindparam("from_step", type_=Integer)
+    ),
+)
+_FORK_EVENTS = insert(s.events).from_select(
+    ["workflow_id", "key", "value"],
+    select(_NEW_ID, s.events.c.key, s.events.c.value).where(s.events.c.workflow_id == _SOURCE),
+)
+
+
+def fork_workflow(ex: Executor, source_id: str, new_id: str, from_step: int) -> str | None:
+    """Insert ``new_id`` as an ENQUEUED copy of ``source_id`` (name, inputs)
+    with the checkpoints at seq < ``from_step`` and the events; its name.
+    None when ``new_id`` exists already or the source does not: nothing
+    written. Run it in one transaction."""
+    params = {"new_id": new_id, "source": source_id, "from_step": from_step}
+    name = ex.first(_FORK_WORKFLOW, params)
+    if name is None:
+        return None
+    ex.count(_FORK_STEPS, params)
+    ex.count(_FORK_EVENTS, params)
+    return str(name[0])
+
+
+_NOT_RUNNING_HERE = select(wf.c.id).where(
+    wf.c.id == any_(bindparam("ids", type_=ARRAY(Text))),
+    or_(
+        wf.c.status != PENDING,
+        wf.c.executor_id.is_distinct_from(bindparam("executor", type_=Text)),
+    ),
+)
+
+
+def not_running_here(ex: Executor, workflow_ids: list[str], executor_id: str) -> list[str]:
+    """Those of ``workflow_ids`` that are no longer PENDING under
+    ``executor_id``: cancelled, timed out, resumed or taken over."""
+    rows = ex.rows(_NOT_RUNNING_HERE, {"ids": workflow_ids, "executor": executor_id})
+    return [r[0] for r in rows]
+
+
+# --- Celery task calls ------------------------------------------------------
+# durable.call takes two sequence numbers: the workflow writes the dispatch
+# record at seq + 1 (named DISPATCH_PREFIX + task name, holding the Celery
+# task id) before it publishes the task; the worker that runs the task marks
+# that record with the process running it, then writes the outcome at seq
+# (CALL_PREFIX + task name). The task side writes without a lease: only
+# where the dispatch record exists, and only once.
+
+CALL_PREFIX = "durable.call:"
+DISPATCH_PREFIX = "durable.dispatch:"
+_DISPATCHED = st.alias("dispatched")
+_DSEQ = bindparam("dseq", type_=Integer)
+
+
+@dataclass(frozen=True)
+class CallRow:
+    """A checkpoint of a durable.call, with its age by the database's clock."""
+
+    seq: int
+    name: str
+    output: bytes | None
+    error: bytes | None
+    age: float
+
+
+_CALL_ROWS = (
+    select(
+        st.c.seq,
+        st.c.name,
+        st.c.output,
+        st.c.error,
+        func.extract("epoch", func.now() - st.c.created_at),
+    )
+    .where(
+        st.c.workflow_id == _WID,
+        st.c.seq >= bindparam("lo", type_=Integer),
+        st.c.seq < bindparam("hi", type_=Integer),
+    )
+    .order_by(st.c.seq)
+)
+
+
+def call_rows(ex: Executor, workflow_id: str, lo: int, hi: int) -> list[CallRow]:
+    """The checkpoints of a workflow at ``lo <= seq < hi`` (outcomes and
+    dispatch records of the calls it waits for), one round trip."""
+    rows = ex.rows(_CALL_ROWS, {"wid": workflow_id, "lo": lo, "hi": hi})
+    return [CallRow(r[0], r[1], r[2], r[3], float(r[4])) for r in rows]
+
+
+# the start marker may commit asynchronously: lost in a Postgres crash, the
+# call looks not started and is re-dispatched after call_redispatch_after
+_CALL_STARTED = (
+    update(st)
+    .where(
+        st.c.workflow_id == _WID,
+        st.c.seq == _DSEQ,
+        st.c.name.startswith(DISPATCH_PREFIX, autoescape=True),
+        _ASYNC_COMMIT.c.x.is_not(None),
+    )
+    .values(output=bindparam("marker", type_=LargeBinary))
+)
+
+
+def mark_call_started(ex: Executor, workflow_id: str, seq: int, marker: bytes) -> bool:
+    """Replace the dispatch record of the call at ``seq`` (kept at seq + 1)
+    with ``marker`` (task id and the process running it); False when no such
+    record exists (not a call of this database)."""
+    return ex.count(_CALL_STARTED, {"wid": workflow_id, "dseq": seq + 1, "marker": marker}) > 0
+
+
+_CALL_OUTCOME = (
+    pg_insert(st)
+    .from_select(
+        ["workflow_id", "seq", "name", "output", "error"],
+        select(
+            _DISPATCHED.c.workflow_id,
+            _DISPATCHED.c.seq - 1,
+            literal(CALL_PREFIX, type_=Text)
+            + func.substr(_DISPATCHED.c.name, len(DISPATCH_PREFIX) + 1),
+            bindparam("output", type_=LargeBinary),
+            bindparam("error", type_=LargeBinary),
+        ).where(
+            _DISPATCHED.c.workflow_id == _WID,
+            _DISPATCHED.c.seq == _DSEQ,
+            _DISPATCHED.c.name.startswith(DISPATCH_PREFIX, autoescape=True),
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=["workflow_id", "seq"])
+    .returning(st.c.seq)
+)
+
+
+def insert_call_outcome(
+    ex: Executor, workflow_id: str, seq: int, output: bytes | None, error: bytes | None
+) -> bool:
+    """Write the outcome of the call at ``seq``, named after its dispatch
+    record. False, writing nothing, when the outcome is there already (a
+    duplicate run of the task) or no dispatch record exists."""
+    params = {"wid": workflow_id, "dseq": seq + 1, "output": output, "error": error}
+    return ex.first(_CALL_OUTCOME, params) is not None
+
+
+_LIVE_WORKERS = select(s.workers.c.id).where(
+    s.workers.c.id == any_(bindparam("ids", type_=ARRAY(Text))),
+    s.workers.c.last_heartbeat > func.now() - _seconds(bindparam("timeout", type_=Float)),
+)
+
+
+def live_workers(ex: Executor, executor_ids: list[str], worker_timeout: float) -> set[str]:
+    """Those of ``executor_ids`` that heartbeated within ``worker_timeout``."""
+    rows = ex.rows(_LIVE_WORKERS, {"ids": executor_ids, "timeout": worker_timeout})
+    return {r[0] for r in rows}

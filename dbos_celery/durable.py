@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from celery import Celery, bootsteps, signals
 from celery.utils.imports import gen_task_name
 
-from . import context, messaging
+from . import calls, context, management, messaging
 from . import database as db
 from .database import Database
 from .errors import ConfigurationError, InvalidArgumentError, NonExistentWorkflowError
@@ -59,6 +60,7 @@ class Durable:
         max_recovery_attempts: int = 50,
         max_message_bytes: int = 1 << 20,
         database_retry_timeout: float = 10.0,
+        call_redispatch_after: float = 60.0,
     ) -> None:
         if not isinstance(app, Celery):
             raise ConfigurationError("Durable(app, ...) needs a celery.Celery app")
@@ -94,14 +96,16 @@ class Durable:
         signals.worker_process_shutdown.connect(self._on_process_shutdown)
         signals.task_received.connect(self._on_task_received)
         app.steps["worker"].add(_worker_bootstep(self))
+        self.calls = calls.Calls(self, call_redispatch_after)
 
     # --- decorators ---------------------------------------------------------
 
     def workflow(
-        self, name: str | None = None, **task_options: Any
+        self, name: str | None = None, *, timeout: float | None = None, **task_options: Any
     ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
         """Make a function a durable workflow and register its Celery task
-        (named as Celery names tasks, so task_routes and queues apply)."""
+        (named as Celery names tasks, so task_routes and queues apply).
+        ``timeout``: the default of ``start(..., timeout=)`` in seconds."""
 
         def decorate(fn: Callable[P, R]) -> Workflow[P, R]:
             task_name = name or gen_task_name(self.app, fn.__name__, fn.__module__)
@@ -117,7 +121,7 @@ class Durable:
             run.__doc__ = fn.__doc__
             options = {"ignore_result": True, **task_options}
             task = self.app.task(name=task_name, shared=False, **options)(run)
-            wf = Workflow(self, fn, task_name, task)
+            wf = Workflow(self, fn, task_name, task, timeout)
             self.workflows[task_name] = wf
             return wf
 
@@ -161,6 +165,25 @@ class Durable:
         """Publish a key/value event of this workflow (last write wins)."""
         messaging.set_event(self, key, value)
 
+    def call(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Run an existing Celery task (a task, a signature keeping its
+        options, or a task name) on the cluster as a durable step: sent once
+        per checkpoint with task id ``dbos-{workflow_id}-{seq}``, its result
+        returned (or its exception raised) from the checkpoint the worker
+        that ran it wrote. At-least-once: sent again, same id, only if the
+        worker running it died or no worker started it in time."""
+        return calls.call(self, task, args, kwargs)
+
+    def gather(self, *tasks: Any) -> list[Any]:
+        """Send several calls (``durable.task(...)`` or signatures) at once;
+        their results in order, or, once all have settled, the first
+        failure in order. Each is its own checkpoint."""
+        return calls.gather(self, tasks)
+
+    def task(self, task: Any, /, *args: Any, **kwargs: Any) -> calls.TaskCall:
+        """A task with its arguments, for ``durable.gather``."""
+        return calls.task_call(self, task, args, kwargs)
+
     # --- from anywhere ------------------------------------------------------
 
     def send(
@@ -194,13 +217,21 @@ class Durable:
         limit: int | None = None,
         offset: int | None = None,
         newest_first: bool = False,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[WorkflowStatus]:
+        """Workflows by creation time (oldest first unless ``newest_first``),
+        filtered; ``created_after`` is inclusive, ``created_before`` not, and
+        a naive datetime is taken as UTC."""
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise InvalidArgumentError(f"limit must be an int >= 0, got {limit!r}")
+        after = management.as_utc(created_after, "created_after")
+        before = management.as_utc(created_before, "created_before")
         rows = self.db.now(
             lambda ex: db.list_workflows(
                 ex, status=status, name=name, parent=parent,
                 limit=limit, offset=offset, newest_first=newest_first,
+                created_after=after, created_before=before,
             )
         )  # fmt: skip
         return [WorkflowStatus.from_row(self, r) for r in rows]
@@ -212,6 +243,30 @@ class Durable:
         if not rows and not self.db.now(db.workflow_exists, workflow_id):
             raise NonExistentWorkflowError(workflow_id)
         return [StepInfo.from_row(self, r) for r in rows]
+
+    def cancel(self, workflow_id: str) -> bool:
+        """Cancel a workflow. ENQUEUED: it never runs. Running: it stops at
+        its next step, wait or sleep with status CANCELLED (a step already
+        running finishes, but its checkpoint is not kept). True when this call
+        cancelled it; False, and nothing changes, when it had ended already.
+        Its children are not cancelled."""
+        return management.cancel(self, workflow_id)
+
+    def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """Run a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow again
+        from its checkpoints (recovery count reset, deadline cleared). A live
+        workflow is left alone; a finished one raises
+        WorkflowNotResumableError (fork it instead)."""
+        return management.resume(self, workflow_id, self.publish)[0]
+
+    def fork(
+        self, workflow_id: str, from_step: int, new_id: str | None = None
+    ) -> WorkflowHandle[Any]:
+        """Start a new workflow with the same name and inputs that keeps the
+        checkpoints at seq < ``from_step`` (as ``list_steps`` numbers them)
+        and runs the rest again. ``new_id`` defaults to a UUID; forking to an
+        existing ``new_id`` of the same workflow returns its handle."""
+        return management.fork(self, workflow_id, from_step, new_id, self.publish)[0]
 
     def migrate(self) -> None:
         """Create or upgrade the schema now (otherwise done on first use)."""
@@ -239,7 +294,8 @@ class Durable:
         return rt
 
     def sweep(self) -> list[db.Recovered]:
-        """Run one recovery sweep now; returns what it re-published."""
+        """Run one recovery sweep now; returns what it re-published, and the
+        workflows it cancelled because their deadline passed."""
         return Sweeper(self, self.publish).sweep_once()
 
     def close(self) -> None:

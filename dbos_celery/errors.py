@@ -227,5 +227,54 @@ class WorkflowFailedError(DurableError):
 
 class LeaseLostError(BaseException):
     """This process no longer owns the workflow it was running (another worker
-    took it over, or it was cancelled). Derives from BaseException so that user
-    code's ``except Exception`` cannot swallow it."""
+    took it over, or it was resumed elsewhere). Derives from BaseException so
+    that user code's ``except Exception`` cannot swallow it."""
+
+
+class WorkflowCancelledError(BaseException):
+    """The workflow was cancelled (``durable.cancel``, or its timeout passed);
+    it stops at this durable boundary with status CANCELLED. Derives from
+    BaseException so that user code's ``except Exception`` cannot swallow it;
+    ``durable.resume`` runs it again from its checkpoints."""
+
+    def __init__(self, workflow_id: str) -> None:
+        super().__init__(workflow_id)
+
+    @property
+    def workflow_id(self) -> str:
+        return str(self.args[0])
+
+    def __str__(self) -> str:
+        return f"workflow {self.args[0]!r} was cancelled; it stopped at a durable boundary"
+
+
+class WorkflowNotResumableError(DurableError):
+    """Only a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow can be resumed."""
+
+    def __init__(self, workflow_id: str, status: str) -> None:
+        super().__init__(workflow_id, status)
+
+    def message(self) -> str:
+        return (
+            f"workflow {self.args[0]!r} has status {self.args[1]}: only CANCELLED or "
+            "MAX_RECOVERY_ATTEMPTS_EXCEEDED workflows can be resumed. Fork it "
+            "(durable.fork) to run a finished workflow again."
+        )
+
+
+class CallWouldDeadlockError(DurableError):
+    """A durable.call would wait forever: its task is routed to a queue that
+    the worker running the workflow consumes, and that worker has one slot."""
+
+    def __init__(self, task_name: str, queue: str) -> None:
+        super().__init__(task_name, queue)
+
+    def message(self) -> str:
+        task, queue = self.args
+        return (
+            f"durable.call of task {task!r} would never finish: it is routed to queue "
+            f"{queue!r}, which this worker consumes with its only slot, and that slot is "
+            "held by the workflow waiting for the task. Route the task to a queue served "
+            "by other workers (task_routes, or task.s(...).set(queue=...)), or run the "
+            "workflow on a worker with more concurrency; nothing was dispatched."
+        )

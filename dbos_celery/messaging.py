@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import context
+from . import cancellation, context
 from . import database as db
 from .errors import (
     MessageTooLargeError,
@@ -117,21 +117,26 @@ def _wait(
     timeout: float,
 ) -> tuple[bytes] | None:
     """Register, check, then wait-and-recheck until found or the durable
-    deadline passes. The deadline is checkpointed only when a wait is needed."""
+    deadline passes. The deadline is checkpointed only when a wait is needed.
+    While waiting it also listens for a cancel, and ends at the workflow's
+    own deadline (a timeout) with WorkflowCancelledError."""
+    cancellation.check(d, ctx)
     d.notifier.start()
     with d.notifier.waiters.register(k) as waiter:
         got = check()
         if got is not None or timeout == 0 and ctx.replay(deadline_seq, DEADLINE) is None:
             return got
         deadline = durable_deadline(d, ctx, deadline_seq, DEADLINE, timeout)
-        while True:
-            remaining = deadline - time.time()
-            if remaining <= 0:
-                return None
-            waiter.wait(min(remaining, d.poll_interval))
-            got = check()
-            if got is not None:
-                return got
+        with cancellation.watch(d, ctx, waiter):
+            while True:
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    return None
+                waiter.wait(cancellation.bound(ctx, min(remaining, d.poll_interval)))
+                cancellation.check(d, ctx)
+                got = check()
+                if got is not None:
+                    return got
 
 
 def set_event(d: Durable, key_: str, value: Any) -> None:
@@ -180,9 +185,17 @@ def get_event(d: Durable, workflow_id: str, key_: str, timeout: float = 60.0) ->
 
 
 def sleep(d: Durable, seconds: float) -> None:
+    """Sleep until the checkpointed wake time; a cancel (or the workflow's
+    deadline) ends the sleep at once with WorkflowCancelledError."""
     ctx = context.require_workflow("durable.sleep")
     check_timeout(seconds)
-    wake = durable_deadline(d, ctx, ctx.next_seq(), SLEEP, seconds)
-    remaining = wake - time.time()
-    if remaining > 0:
-        time.sleep(remaining)
+    seq = ctx.next_seq()
+    cancellation.check(d, ctx)
+    wake = durable_deadline(d, ctx, seq, SLEEP, seconds)
+    if wake <= time.time():
+        return
+    d.notifier.start()
+    with cancellation.watch(d, ctx) as waiter:
+        while (remaining := wake - time.time()) > 0:
+            waiter.wait(cancellation.bound(ctx, remaining))
+            cancellation.check(d, ctx)

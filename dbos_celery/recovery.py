@@ -3,7 +3,10 @@
 Every process that runs workflows has a :class:`ProcessRuntime`: an executor
 id, and a heartbeat thread that keeps its row in ``workers`` fresh (and
 records which workflow messages this process has received but not started,
-so that a dead worker's prefetched messages are found at once). The worker's
+so that a dead worker's prefetched messages are found at once); each beat
+also asks which of the workflows the process runs are no longer its own
+(cancelled, timed out, taken over), so that they stop even without a Redis
+hint. The worker's
 main process also runs a :class:`Sweeper`: one sweep at a time across the
 cluster (an advisory lock) re-publishes the workflows of dead executors and
 enqueued workflows that no worker received. Recovery never waits for the
@@ -20,9 +23,11 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import cancellation
 from . import database as db
 
 if TYPE_CHECKING:
+    from .context import WorkflowContext
     from .durable import Durable
 
 log = logging.getLogger("dbos_celery")
@@ -37,7 +42,8 @@ class ProcessRuntime:
         self.hostname = socket.gethostname()
         self.executor_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self._reserved: list[str] = []
-        self._lock = threading.Lock()  # guards _reserved
+        self._running: dict[int, WorkflowContext] = {}
+        self._lock = threading.Lock()  # guards _reserved and _running
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -59,16 +65,38 @@ class ProcessRuntime:
         with self._lock:
             self._reserved.append(workflow_id)
 
+    def track(self, ctx: WorkflowContext) -> None:
+        """A workflow this process runs now (until ``untrack``)."""
+        with self._lock:
+            self._running[id(ctx)] = ctx
+
+    def untrack(self, ctx: WorkflowContext) -> None:
+        with self._lock:
+            self._running.pop(id(ctx), None)
+
     def _beat(self) -> None:
         with self._lock:
             reserved, self._reserved = self._reserved, []
         self.durable.db.run(db.heartbeat, self.executor_id, self.hostname, self.pid, reserved)
+
+    def _check_running(self) -> None:
+        """Flag the runs of this process whose workflow is no longer PENDING
+        under it: they stop at their next boundary, or now if they wait."""
+        with self._lock:
+            running = list(self._running.values())
+        if not running:
+            return
+        ids = sorted({c.workflow_id for c in running})
+        gone = set(self.durable.db.now(db.not_running_here, ids, self.executor_id))
+        if gone:
+            cancellation.flag(self.durable, [c for c in running if c.workflow_id in gone])
 
     def _loop(self) -> None:
         failing = False
         while not self._stop.wait(self.durable.heartbeat_interval):
             try:
                 self._beat()
+                self._check_running()
                 if failing:
                     log.info("heartbeat works again")
                     failing = False
@@ -109,6 +137,10 @@ class Sweeper:
             if r.status == db.ENQUEUED:
                 log.info("recovering workflow %s (%s)", r.id, r.name, extra={"workflow_id": r.id})
                 self.publish(r.id, r.name)
+            elif r.status == db.CANCELLED:
+                log.info("workflow %s passed its deadline; cancelled", r.id,
+                         extra={"workflow_id": r.id})  # fmt: skip
+                cancellation.notify_stopped(d, r.id)
             else:
                 log.error(
                     "workflow %s exceeded max_recovery_attempts=%d; not retrying it",

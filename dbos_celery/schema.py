@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sqlalchemy import (
+    DDL,
     BigInteger,
     Column,
     DateTime,
@@ -58,6 +59,8 @@ workflows = Table(
     Column("parent_id", Text),
     _ts("created_at"),
     _ts("updated_at"),
+    # past it the workflow is cancelled (a timeout); children inherit it (v2)
+    Column("deadline", DateTime(timezone=True)),
     Index("ix_workflows_status_updated", "status", "updated_at"),
     Index("ix_workflows_parent", "parent_id"),
     Index("ix_workflows_created", "created_at"),
@@ -123,6 +126,16 @@ def _v1(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _v2(conn: Connection) -> None:
+    """Workflow deadlines. A database made by a newer v1 (create_all of the
+    current tables) has the column already, hence IF NOT EXISTS."""
+    conn.execute(
+        DDL(  # type: ignore[no-untyped-call]
+            "ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS deadline TIMESTAMP WITH TIME ZONE"
+        ).against(workflows)
+    )
+
+
 # index i holds the migration to version i + 1; append, never edit
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
 LATEST_VERSION = len(MIGRATIONS)

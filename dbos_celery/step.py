@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import context
+from . import cancellation, context
 from . import database as db
 from .errors import InvalidArgumentError, LeaseLostError, MaxStepAttemptsError, SerializationError
 
@@ -37,9 +37,11 @@ def write_checkpoint(
     output: bytes | None,
     error: bytes | None = None,
 ) -> None:
-    """Write one checkpoint (inside a caller's transaction or alone)."""
+    """Write one checkpoint (inside a caller's transaction or alone). A failed
+    lease check raises WorkflowCancelledError if the workflow was cancelled,
+    else LeaseLostError (the status is read only on that failure)."""
     if not db.insert_step(ex, ctx.workflow_id, seq, name, output, error, ctx.executor_id):
-        raise LeaseLostError(ctx.workflow_id)
+        raise cancellation.lease_failed(ex, ctx)
 
 
 def checkpointed(
@@ -130,6 +132,7 @@ class Step(Generic[P, R]):
         row = ctx.replay(seq, self.name)
         if row is not None:
             return replayed(durable, row)  # type: ignore[no-any-return]
+        cancellation.check(durable, ctx)  # in memory unless a cancel was hinted
         ctx.in_step = True
         try:
             output = self._attempts(ctx.workflow_id, args, kwargs)

@@ -27,15 +27,17 @@ SEP = "\x1f"
 
 
 def key(kind: str, workflow_id: str, name: str = "") -> str:
-    """The wakeup key of a mailbox ("m"), an event ("e") or an outcome ("d")."""
+    """The wakeup key of a mailbox ("m"), an event ("e"), an outcome ("d") or
+    a cancel ("c")."""
     return f"{kind}{SEP}{workflow_id}{SEP}{name}"
 
 
 class Waiter:
-    __slots__ = ("_event",)
+    __slots__ = ("_event", "_on_wake")
 
-    def __init__(self) -> None:
+    def __init__(self, on_wake: Callable[[], None] | None = None) -> None:
         self._event = threading.Event()
+        self._on_wake = on_wake
 
     def wait(self, timeout: float) -> bool:
         """Block until woken or ``timeout``; re-arm for the next wait."""
@@ -45,6 +47,8 @@ class Waiter:
 
     def wake(self) -> None:
         self._event.set()
+        if self._on_wake is not None:
+            self._on_wake()
 
 
 class Waiters:
@@ -65,8 +69,10 @@ class Waiters:
         self._on_last = on_last
 
     @contextmanager
-    def register(self, k: str) -> Iterator[Waiter]:
-        w = Waiter()
+    def register(self, k: str, on_wake: Callable[[], None] | None = None) -> Iterator[Waiter]:
+        """A waiter for ``k``; ``on_wake`` also runs (in the waking thread)
+        each time it is woken."""
+        w = Waiter(on_wake)
         with self._lock:
             group = self._by_key.get(k)
             if group is None:

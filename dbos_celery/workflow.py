@@ -12,11 +12,12 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import context
+from . import cancellation, context
 from . import database as db
 from .context import WorkflowContext
 from .errors import (
@@ -24,6 +25,7 @@ from .errors import (
     LeaseLostError,
     NonExistentWorkflowError,
     ResultTimeoutError,
+    WorkflowCancelledError,
     WorkflowFailedError,
     WorkflowNotRegisteredError,
 )
@@ -51,6 +53,7 @@ class WorkflowStatus:
     executor_id: str | None
     parent_id: str | None
     error: str | None
+    deadline: datetime | None = None  # set by a timeout; past it, cancelled
 
     @classmethod
     def from_row(cls, durable: Durable, row: db.WorkflowRow) -> WorkflowStatus:
@@ -60,7 +63,7 @@ class WorkflowStatus:
             error = f"{type(exc).__name__}: {exc}"
         return cls(
             row.id, row.name, row.status, row.created_at, row.updated_at,
-            row.recovery_attempts, row.executor_id, row.parent_id, error,
+            row.recovery_attempts, row.executor_id, row.parent_id, error, row.deadline,
         )  # fmt: skip
 
 
@@ -113,7 +116,7 @@ class WorkflowHandle(Generic[R]):
             return replayed(self.durable, row)  # type: ignore[no-any-return]
         ser = self.durable.serializer
         try:
-            out = self._wait(timeout)
+            out = self._wait(timeout, ctx)
         except ResultTimeoutError:
             raise  # not an outcome: nothing to record
         except Exception as exc:
@@ -122,11 +125,17 @@ class WorkflowHandle(Generic[R]):
         record(self.durable, ctx, seq, name, ser.dumps(out))
         return out
 
-    def _wait(self, timeout: float | None) -> R:
+    def _wait(self, timeout: float | None, ctx: WorkflowContext | None = None) -> R:
+        """Wait for the outcome; inside a workflow (``ctx``) also stop when
+        that workflow is cancelled or passes its deadline."""
         d = self.durable
         deadline = None if timeout is None else time.monotonic() + timeout
+        cancellation.check(d, ctx)
         d.notifier.start()
-        with d.notifier.waiters.register(d.done_key(self.workflow_id)) as waiter:
+        with ExitStack() as stack:
+            waiter = stack.enter_context(d.notifier.waiters.register(d.done_key(self.workflow_id)))
+            if ctx is not None:
+                stack.enter_context(cancellation.watch(d, ctx, waiter))
             while True:
                 got = d.db.now(db.get_status, self.workflow_id)
                 if got is None:
@@ -144,17 +153,27 @@ class WorkflowHandle(Generic[R]):
                     if remaining <= 0:
                         raise ResultTimeoutError(self.workflow_id, timeout or 0.0)
                     wait = min(wait, remaining)
-                waiter.wait(wait)
+                waiter.wait(cancellation.bound(ctx, wait))
+                cancellation.check(d, ctx)
 
 
 class Workflow(Generic[P, R]):
     """A durable workflow function, registered as a Celery task."""
 
-    def __init__(self, durable: Durable, fn: Callable[P, R], name: str, task: Task) -> None:
+    def __init__(
+        self,
+        durable: Durable,
+        fn: Callable[P, R],
+        name: str,
+        task: Task,
+        timeout: float | None = None,
+    ) -> None:
+        check_timeout(timeout, allow_none=True)
         self.durable = durable
         self.fn = fn
         self.name = name
         self.task = task
+        self.timeout = timeout
         self.__name__ = getattr(fn, "__name__", name)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
@@ -162,26 +181,41 @@ class Workflow(Generic[P, R]):
     def __repr__(self) -> str:
         return f"<workflow {self.name}>"
 
-    def start(self, *args: Any, workflow_id: str | None = None, **kwargs: Any) -> WorkflowHandle[R]:
+    def start(
+        self,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]:
         """Commit the workflow row, then publish its Celery message.
 
         Idempotent on ``workflow_id``: starting an existing id returns a
         handle to that workflow and runs nothing. Inside a workflow the start
         is checkpointed and the child's id defaults to ``{parent_id}-{seq}``.
+
+        ``timeout`` (seconds; default: the decorator's ``timeout``) sets a
+        deadline counted from now, queueing included: past it the workflow is
+        cancelled, and so are its children (a child inherits its parent's
+        deadline when that is earlier). Like ``workflow_id``, the keyword
+        belongs to ``start``: pass a workflow argument named ``timeout``
+        positionally.
         """
-        workflow_id, inserted = self._create(args, kwargs, workflow_id)
+        check_timeout(timeout, allow_none=True)
+        timeout = self.timeout if timeout is None else timeout
+        workflow_id, inserted = self._create(args, kwargs, workflow_id, timeout)
         if inserted:
             self.durable.publish(workflow_id, self.name)
         return WorkflowHandle(self.durable, workflow_id)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the workflow durably in this thread and return its result."""
-        workflow_id, _ = self._create(args, kwargs, None)
+        workflow_id, _ = self._create(args, kwargs, None, self.timeout)
         execute(self.durable, workflow_id)
         return WorkflowHandle[R](self.durable, workflow_id).result()
 
     def _create(
-        self, args: Any, kwargs: dict[str, Any], workflow_id: str | None
+        self, args: Any, kwargs: dict[str, Any], workflow_id: str | None, timeout: float | None
     ) -> tuple[str, bool]:
         d = self.durable
         if workflow_id is not None:
@@ -192,7 +226,7 @@ class Workflow(Generic[P, R]):
         ctx = context.current()
         if ctx is None or ctx.in_step:
             workflow_id = workflow_id or str(uuid.uuid4())
-            return workflow_id, d.db.now(self._insert, workflow_id, inputs, None)
+            return workflow_id, d.db.now(self._insert, workflow_id, inputs, None, timeout)
         # a child workflow: its start is a checkpoint of the parent
         seq = ctx.next_seq()
         step_name = f"durable.start:{self.name}"
@@ -204,16 +238,26 @@ class Workflow(Generic[P, R]):
         id_bytes = d.serializer.dumps(child_id)
 
         def tx(ex: db.Executor) -> bool:
-            inserted = self._insert(ex, child_id, inputs, parent)
+            inserted = self._insert(ex, child_id, inputs, parent, timeout, ctx.deadline)
             write_checkpoint(ex, ctx, seq, step_name, id_bytes)
             return inserted
 
         return child_id, checkpointed(d, ctx, tx, transaction=True)
 
-    def _insert(self, ex: db.Executor, workflow_id: str, inputs: bytes, parent: str | None) -> bool:
+    def _insert(
+        self,
+        ex: db.Executor,
+        workflow_id: str,
+        inputs: bytes,
+        parent: str | None,
+        timeout: float | None = None,
+        inherited_deadline: float | None = None,
+    ) -> bool:
         """Insert the row; an existing row of the same workflow is fine
         (idempotent start), one of another workflow is an error."""
-        if db.insert_workflow(ex, workflow_id, self.name, inputs, parent):
+        if db.insert_workflow(
+            ex, workflow_id, self.name, inputs, parent, timeout, inherited_deadline
+        ):
             return True
         existing = db.workflow_name(ex, workflow_id)
         if existing is not None and existing != self.name:
@@ -247,12 +291,21 @@ def execute(durable: Durable, workflow_id: str) -> None:
         d.db.now(db.release_workflow, workflow_id, executor)
         raise WorkflowNotRegisteredError(row.name)
     ctx = WorkflowContext(workflow_id, executor, {s.seq: s for s in steps})
+    if row.deadline is not None:
+        ctx.deadline = row.deadline.timestamp()
     token = context.enter(ctx)
+    runtime.track(ctx)
     status, output, error = db.SUCCESS, None, None
     try:
+        cancellation.check(d, ctx)  # a deadline that passed while it was queued
         inputs = d.serializer.loads(row.inputs)
         result = wf.fn(*inputs["args"], **inputs["kwargs"])
         output = d.serializer.dumps(result, f"output of workflow {row.name!r}")
+    except WorkflowCancelledError:
+        # the status is CANCELLED already (set by the canceller or the timeout)
+        log.info("workflow %s was cancelled; stopped", workflow_id,
+                 extra={"workflow_id": workflow_id})  # fmt: skip
+        return
     except LeaseLostError:
         # Either another runner owns it now (the release is a no-op), or our
         # own commit landed before its connection dropped and the retry hit
@@ -266,6 +319,7 @@ def execute(durable: Durable, workflow_id: str) -> None:
         status, error = db.ERROR, d.serializer.dumps_error(exc)
         log.info("workflow %s failed: %r", workflow_id, exc, extra={"workflow_id": workflow_id})
     finally:
+        runtime.untrack(ctx)
         context.leave(token)
     d.db.now(db.finish_workflow, workflow_id, executor, status, output, error)
     d.notifier.notify(d.done_key(workflow_id))

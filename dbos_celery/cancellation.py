@@ -1,0 +1,115 @@
+"""How a running workflow learns that it was cancelled or timed out.
+
+Cancelling sets the row's status to CANCELLED and publishes two hints; the
+runner stops at its next durable boundary. The common path costs no extra
+round trip:
+
+- Every checkpoint INSERT already checks the lease (PENDING under this
+  executor), so a cancelled workflow's next checkpoint writes nothing. Only
+  on that failure is the status read, to tell a cancel
+  (:class:`WorkflowCancelledError`) from a lost lease.
+- Before new work (a step, a wait) the runner looks at two values in memory:
+  its deadline (read with the claim) and a stop hint. The hint is set by a
+  cancel hint on Redis while the workflow waits, or by its process's
+  heartbeat, which asks once per beat which of the process's running
+  workflows are no longer its own (so a cancel is noticed within a heartbeat
+  without Redis). Only a set hint costs a status read.
+- Waits listen to the workflow's cancel key as well as their own, and never
+  wait past the workflow's deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+from . import database as db
+from .errors import LeaseLostError, WorkflowCancelledError
+from .wakeup import Waiter, key
+
+if TYPE_CHECKING:
+    from .context import WorkflowContext
+    from .durable import Durable
+
+log = logging.getLogger("dbos_celery")
+
+
+def cancel_key(workflow_id: str) -> str:
+    """The wakeup key a workflow's waits listen to for a cancel."""
+    return key("c", workflow_id)
+
+
+def notify_stopped(d: Durable, workflow_id: str) -> None:
+    """After a cancel committed: wake its result() waiters and its runner."""
+    d.notifier.notify(d.done_key(workflow_id))
+    d.notifier.notify(cancel_key(workflow_id))
+
+
+def check(d: Durable, ctx: WorkflowContext | None) -> None:
+    """At a durable boundary, before new work: stop if the deadline passed or
+    a hint says the workflow may no longer be ours. In memory otherwise."""
+    if ctx is None:
+        return
+    if ctx.deadline is not None and time.time() >= ctx.deadline:
+        _expire(d, ctx)
+    if ctx.stop_hint:
+        ctx.stop_hint = False
+        state = d.db.now(db.lease_state, ctx.workflow_id)
+        if state != (db.PENDING, ctx.executor_id):
+            raise _stopped(ctx, state)
+
+
+def lease_failed(ex: db.Executor, ctx: WorkflowContext) -> BaseException:
+    """The error to raise when a checkpoint failed its lease check."""
+    return _stopped(ctx, db.lease_state(ex, ctx.workflow_id))
+
+
+def _stopped(ctx: WorkflowContext, state: tuple[str, str | None] | None) -> BaseException:
+    if state is not None and state[0] == db.CANCELLED:
+        return WorkflowCancelledError(ctx.workflow_id)
+    return LeaseLostError(ctx.workflow_id)
+
+
+def _expire(d: Durable, ctx: WorkflowContext) -> None:
+    """The deadline passed: cancel this run and its live children, then stop."""
+    wid = ctx.workflow_id
+    cancelled = d.db.run(db.expire_run, wid, ctx.executor_id)
+    if cancelled is None:  # not ours any more: a cancel, a resume, a takeover
+        raise _stopped(ctx, d.db.now(db.lease_state, wid))
+    log.info("workflow %s passed its deadline; cancelled with %d live child(ren)",
+             wid, len(cancelled) - 1, extra={"workflow_id": wid})  # fmt: skip
+    for cid in cancelled:
+        notify_stopped(d, cid)
+    raise WorkflowCancelledError(wid)
+
+
+@contextmanager
+def watch(d: Durable, ctx: WorkflowContext, waiter: Waiter | None = None) -> Iterator[Waiter]:
+    """While a workflow waits: a cancel hint for it sets its stop hint and
+    wakes ``waiter`` (or the yielded waiter of the cancel key itself)."""
+
+    def hinted() -> None:
+        ctx.stop_hint = True
+        if waiter is not None:
+            waiter.wake()
+
+    with d.notifier.waiters.register(cancel_key(ctx.workflow_id), hinted) as own:
+        yield waiter or own
+
+
+def bound(ctx: WorkflowContext | None, seconds: float) -> float:
+    """``seconds``, shortened so that a wait ends at the workflow's deadline."""
+    if ctx is None or ctx.deadline is None:
+        return seconds
+    return max(0.0, min(seconds, ctx.deadline - time.time()))
+
+
+def flag(d: Durable, ctxs: list[WorkflowContext]) -> None:
+    """Runs found no longer ours (by the heartbeat): check at the next
+    boundary, and wake them now if they wait."""
+    for ctx in ctxs:
+        ctx.stop_hint = True
+        d.notifier.waiters.wake(cancel_key(ctx.workflow_id))

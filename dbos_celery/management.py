@@ -1,0 +1,122 @@
+"""Managing workflows from anywhere: cancel, resume, fork.
+
+- **cancel**: an ENQUEUED workflow becomes CANCELLED and never runs (its
+  Celery message finds nothing to claim and is dropped); a PENDING one
+  becomes CANCELLED and its runner stops at its next durable boundary (see
+  ``cancellation.py``); a finished one is left as it is (a no-op). Children
+  are not cancelled (a timeout does cancel them).
+- **resume**: a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow is
+  ENQUEUED again with a fresh recovery count and no deadline, and runs again
+  from its checkpoints. A live one is left as it is; a finished one
+  (SUCCESS, ERROR) cannot be resumed: fork it.
+- **fork**: a new workflow with the same name and inputs, holding a copy of
+  the source's checkpoints at seq < ``from_step`` and of its events; it
+  replays those and runs the rest again. Idempotent on ``new_id``.
+
+Each writes Postgres first and then publishes the Celery message, when given
+a publisher; a row left ENQUEUED without a message is published by the
+recovery sweep after ``enqueued_timeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from . import cancellation
+from . import database as db
+from .errors import (
+    ConflictingWorkflowIdError,
+    InvalidArgumentError,
+    NonExistentWorkflowError,
+    WorkflowNotResumableError,
+)
+from .validation import check_id
+from .workflow import WorkflowHandle
+
+if TYPE_CHECKING:
+    from .durable import Durable
+
+log = logging.getLogger("dbos_celery")
+
+Publisher = Callable[[str, str], None]  # (workflow_id, workflow name)
+
+
+def cancel(d: Durable, workflow_id: str) -> bool:
+    """True when this call cancelled the workflow; False when it had ended
+    already (SUCCESS, ERROR, CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED)."""
+    check_id(workflow_id, "workflow_id")
+    if d.db.now(db.cancel_workflow, workflow_id):
+        log.info("workflow %s cancelled", workflow_id, extra={"workflow_id": workflow_id})
+        cancellation.notify_stopped(d, workflow_id)
+        return True
+    if not d.db.now(db.workflow_exists, workflow_id):
+        raise NonExistentWorkflowError(workflow_id)
+    return False
+
+
+def resume(
+    d: Durable, workflow_id: str, publish: Publisher | None
+) -> tuple[WorkflowHandle[Any], bool]:
+    """The handle, and whether a new run was enqueued (and published when
+    ``publish`` is given). A live workflow is left alone (False)."""
+    check_id(workflow_id, "workflow_id")
+    name = d.db.now(db.resume_workflow, workflow_id)
+    handle: WorkflowHandle[Any] = WorkflowHandle(d, workflow_id)
+    if name is None:
+        state = d.db.now(db.lease_state, workflow_id)
+        if state is None:
+            raise NonExistentWorkflowError(workflow_id)
+        if state[0] in db.LIVE_STATUSES:
+            return handle, False
+        raise WorkflowNotResumableError(workflow_id, state[0])
+    log.info("workflow %s resumed", workflow_id, extra={"workflow_id": workflow_id})
+    if publish is not None:
+        publish(workflow_id, name)
+    return handle, True
+
+
+def fork(
+    d: Durable,
+    workflow_id: str,
+    from_step: int,
+    new_id: str | None,
+    publish: Publisher | None,
+) -> tuple[WorkflowHandle[Any], bool]:
+    """The new workflow's handle, and whether this call created it (False:
+    ``new_id`` was forked from this workflow's kind before)."""
+    check_id(workflow_id, "workflow_id")
+    if new_id is not None:
+        check_id(new_id, "new_id")
+    if not isinstance(from_step, int) or isinstance(from_step, bool) or from_step < 0:
+        raise InvalidArgumentError(f"from_step must be an int >= 0, got {from_step!r}")
+    if new_id == workflow_id:
+        raise InvalidArgumentError("new_id must differ from the forked workflow's id")
+    new_id = new_id or str(uuid.uuid4())
+    handle: WorkflowHandle[Any] = WorkflowHandle(d, new_id)
+    name = d.db.run(db.fork_workflow, workflow_id, new_id, from_step)
+    if name is None:
+        source = d.db.now(db.workflow_name, workflow_id)
+        if source is None:
+            raise NonExistentWorkflowError(workflow_id)
+        existing = d.db.now(db.workflow_name, new_id)
+        if existing != source:
+            raise ConflictingWorkflowIdError(new_id, str(existing), source)
+        return handle, False
+    log.info("workflow %s forked from %s at step %d", new_id, workflow_id, from_step,
+             extra={"workflow_id": new_id})  # fmt: skip
+    if publish is not None:
+        publish(new_id, name)
+    return handle, True
+
+
+def as_utc(value: Any, what: str) -> datetime | None:
+    """A datetime filter; a naive one is taken as UTC."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidArgumentError(f"{what} must be a datetime, got {type(value).__name__}")
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
