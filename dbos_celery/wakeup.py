@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -151,14 +152,21 @@ class RedisNotifier:
     every process of the cluster (a finished workflow's hint would otherwise
     wake every worker). One thread reads the subscription and fans out; the
     waiters' threads send SUBSCRIBE / UNSUBSCRIBE on it (redis-py serializes
-    sends; only the reader thread reads).
+    sends; only the reader thread reads). A key whose last waiter left stays
+    subscribed for LINGER seconds, so a workflow that recvs in a loop does not
+    (un)subscribe at every message.
     """
+
+    LINGER = 1.0
 
     def __init__(self, url: str, channel: str) -> None:
         self.url = url
         self.channel = channel
         self.waiters = Waiters(self._subscribe_key, self._unsubscribe_key)
         self._pubsub: Any = None
+        # keys with no waiter left, still subscribed, and since when
+        # (guarded by the waiters' lock, like every (un)subscribe)
+        self._lingering: dict[str, float] = {}
         self._client: redis.Redis | None = None
         self._pid = 0
         self._thread: threading.Thread | None = None
@@ -220,19 +228,30 @@ class RedisNotifier:
         self._thread = None
 
     def _subscribe_key(self, k: str) -> None:
-        self._send("subscribe", k)
+        if self._lingering.pop(k, None) is None:
+            self._send("subscribe", [k])
 
     def _unsubscribe_key(self, k: str) -> None:
-        self._send("unsubscribe", k)
+        self._lingering[k] = time.monotonic()
 
-    def _send(self, command: str, k: str) -> None:
-        """(Un)subscribe a key's channel without waiting for the reply; while
+    def _drop_lingering(self) -> None:
+        """Unsubscribe the keys nobody has waited for in LINGER seconds."""
+        now = time.monotonic()
+        with self.waiters._lock:
+            old = [k for k, since in self._lingering.items() if now - since > self.LINGER]
+            for k in old:
+                del self._lingering[k]
+            if old:
+                self._send("unsubscribe", old)
+
+    def _send(self, command: str, keys: list[str]) -> None:
+        """(Un)subscribe keys' channels without waiting for the reply; while
         disconnected, the reconnect subscribes every waited-for key."""
         pubsub = self._pubsub
         if pubsub is None or self._pid != os.getpid():
             return
         try:
-            getattr(pubsub, command)(self.channel + k)
+            getattr(pubsub, command)(*(self.channel + k for k in keys))
         except (redis.RedisError, OSError):
             pass  # the reader notices the broken connection and reconnects
 
@@ -247,6 +266,7 @@ class RedisNotifier:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
                 with self.waiters._lock:  # no key may come or go meanwhile
                     keys = list(self.waiters._by_key)
+                    self._lingering.clear()
                     pubsub.subscribe(self.channel, *(self.channel + k for k in keys))
                     self._pubsub = pubsub
                 self._subscribed.set()
@@ -255,12 +275,16 @@ class RedisNotifier:
                     self._listen_failing = False
                 delay = 0.05
                 self.waiters.wake_all()  # hints may have been lost meanwhile
+                swept = time.monotonic()
                 while not self._stop.is_set():
                     # short reads: stop() joins this thread, so close() waits on it
                     m = pubsub.get_message(timeout=0.2)
                     if m is not None and m["type"] == "message":
                         data = m["data"]
                         self.waiters.wake(data.decode() if isinstance(data, bytes) else data)
+                    if self._lingering and time.monotonic() - swept > self.LINGER / 2:
+                        swept = time.monotonic()
+                        self._drop_lingering()
             except (redis.RedisError, OSError, ValueError) as exc:
                 self._pubsub = None
                 self._subscribed.clear()

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from types import ModuleType, SimpleNamespace
@@ -35,7 +36,7 @@ from dbos_celery import (
 from dbos_celery import database as db
 from dbos_celery.workflow import execute
 from tests.apps.messaging import build
-from tests.support import Env, WorkerProcess, wait_for
+from tests.support import REDIS_URL, Env, WorkerProcess, wait_for
 
 APP = "tests.apps.messaging"
 
@@ -701,3 +702,35 @@ def test_send_succeeds_with_redis_down_and_logs_the_failure_once(
     assert [m for _, m in stored_messages(env, dest)] == [f"m{i}" for i in range(5)]
     failures = [r for r in caplog.records if "publish failed" in r.getMessage()]
     assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+
+
+def test_subscriptions_follow_waiters_and_linger_briefly(services: None) -> None:
+    """A process subscribes to a key's channel only while (or just after)
+    one of its waiters waits for it, and never misses the hint meanwhile."""
+    from dbos_celery.wakeup import RedisNotifier, key
+
+    client = redis.Redis.from_url(REDIS_URL)
+    prefix = f"dbos_celery:linger-{uuid.uuid4().hex[:8]}:"
+    notifier = RedisNotifier(REDIS_URL, prefix)
+    k = key("m", "wf-1", "t")
+
+    def subscribers() -> int:
+        return int(client.pubsub_numsub(prefix + k)[0][1])
+
+    try:
+        notifier.start()
+        assert subscribers() == 0
+        with notifier.waiters.register(k) as waiter:
+            wait_for(lambda: subscribers() == 1, 5)
+            client.publish(prefix + k, k)  # another process's hint
+            assert waiter.wait(5)
+        # lingers, so that the next recv of a loop needs no new SUBSCRIBE ...
+        assert subscribers() == 1
+        with notifier.waiters.register(k) as waiter:
+            client.publish(prefix + k, k)
+            assert waiter.wait(5)
+        # ... and is dropped once nobody has waited for a while
+        wait_for(lambda: subscribers() == 0, 5)
+    finally:
+        notifier.stop()
+        client.close()
