@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -152,3 +153,78 @@ def wait_for(
                 f"condition not met within {timeout} s" + (f"\n{describe()}" if describe else "")
             )
         time.sleep(0.02)
+
+
+# Durable options a test can set for its worker subprocesses (extra_env)
+ENV_OPTIONS: dict[str, tuple[str, type]] = {
+    "DBOS_TEST_ENQUEUED_TIMEOUT": ("enqueued_timeout", float),
+    "DBOS_TEST_MAX_RECOVERY_ATTEMPTS": ("max_recovery_attempts", int),
+    "DBOS_TEST_WORKER_TIMEOUT": ("worker_timeout", float),
+    "DBOS_TEST_POLL_INTERVAL": ("poll_interval", float),
+    "DBOS_TEST_CALL_REDISPATCH_AFTER": ("call_redispatch_after", float),
+}
+
+
+def app_from_env(
+    name: str,
+    env: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None,
+    **durable_options: Any,
+) -> SimpleNamespace:
+    """A fresh Celery app + Durable bound to one test's schema and queue,
+    from ``env`` (a worker subprocess: its environment). Durable options:
+    ``defaults`` < the DBOS_TEST_* variables < ``durable_options``."""
+    from celery import Celery
+
+    from dbos_celery import Durable
+
+    e = dict(os.environ if env is None else env)
+    schema = e.get("DBOS_TEST_SCHEMA", "dbos_celery_dev")
+    queue = e.get("DBOS_TEST_QUEUE", "celery")
+    options = dict(defaults or {})
+    for var, (option, convert) in ENV_OPTIONS.items():
+        if e.get(var):
+            options[option] = convert(e[var])
+    options.update(durable_options)
+    app = Celery(name, broker=e.get("DBOS_TEST_BROKER_URL", BROKER_URL))
+    app.conf.task_default_queue = queue
+    app.conf.broker_connection_retry_on_startup = True
+    app.conf.worker_hijack_root_logger = False
+    durable = Durable(
+        app,
+        e.get("DBOS_TEST_DATABASE_URL", DATABASE_URL),
+        redis_url=e.get("DBOS_TEST_REDIS_URL", REDIS_URL) or None,
+        schema=schema,
+        **options,
+    )
+    return SimpleNamespace(app=app, durable=durable, schema=schema, queue=queue)
+
+
+def open_gate(schema: str, workflow_id: str, what: str) -> None:
+    """Let the gated step ``what`` of ``workflow_id`` go on (now and on replays)."""
+    write_ledger(schema, workflow_id, f"open:{what}")
+
+
+def wait_gate(schema: str, workflow_id: str, what: str, timeout: float = 60.0) -> None:
+    """In a step: block until the test opens the gate ``what``."""
+    url = os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute(
+                f'SELECT 1 FROM "{schema}".ledger WHERE workflow_id = %s AND what = %s',
+                (workflow_id, f"open:{what}"),
+            ).fetchone():
+                return
+            time.sleep(0.02)
+    raise TimeoutError(f"gate {what!r} of {workflow_id!r} was never opened")
+
+
+def ledger_count(schema: str, workflow_id: str, what: str) -> int:
+    url = os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            f'SELECT count(*) FROM "{schema}".ledger WHERE workflow_id = %s AND what = %s',
+            (workflow_id, what),
+        ).fetchone()
+    return int(row[0]) if row else 0

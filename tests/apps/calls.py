@@ -23,11 +23,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import psycopg
-from celery import Celery
 
-from dbos_celery import Durable
-from tests.apps.core import ledger_count, wait_gate
-from tests.support import BROKER_URL, DATABASE_URL, REDIS_URL, write_ledger
+from tests.support import DATABASE_URL, app_from_env, ledger_count, wait_gate, write_ledger
 
 
 class TaskRejected(Exception):
@@ -39,28 +36,13 @@ def tasks_queue(queue: str) -> str:
 
 
 def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
-    e = dict(os.environ if env is None else env)
-    schema = e.get("DBOS_TEST_SCHEMA", "dbos_celery_dev")
-    queue = e.get("DBOS_TEST_QUEUE", "celery")
+    ns = app_from_env("calls", env, defaults={"poll_interval": 0.3}, **durable_options)
+    app, durable, schema = ns.app, ns.durable, ns.schema
+    queue = ns.queue
     tq = tasks_queue(queue)
-    url = e.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
-    app = Celery("calls", broker=e.get("DBOS_TEST_BROKER_URL", BROKER_URL))
-    app.conf.task_default_queue = queue
+    url = (os.environ if env is None else env).get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
     app.conf.task_routes = {"calls.t.*": {"queue": tq}}
-    app.conf.broker_connection_retry_on_startup = True
-    app.conf.worker_hijack_root_logger = False
-    options: dict[str, Any] = {"poll_interval": float(e.get("DBOS_TEST_POLL_INTERVAL") or 0.3)}
-    if e.get("DBOS_TEST_CALL_REDISPATCH_AFTER"):
-        options["call_redispatch_after"] = float(e["DBOS_TEST_CALL_REDISPATCH_AFTER"])
-    options.update(durable_options)
-    durable = Durable(
-        app,
-        url,
-        redis_url=e.get("DBOS_TEST_REDIS_URL", REDIS_URL) or None,
-        schema=schema,
-        **options,
-    )
-    ns = SimpleNamespace(app=app, durable=durable, schema=schema, queue=queue, tasks_queue=tq)
+    ns.tasks_queue = tq
 
     # --- existing Celery tasks ------------------------------------------------
 

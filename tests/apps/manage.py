@@ -13,56 +13,15 @@ tests.apps.core in a worker would build its app too).
 from __future__ import annotations
 
 import os
-import time
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
-from celery import Celery
-
-from dbos_celery import Durable
-from tests.support import BROKER_URL, DATABASE_URL, REDIS_URL, write_ledger
-
-# durable options a test can set for its worker processes (extra_env)
-ENV_OPTIONS: dict[str, tuple[str, type]] = {
-    "DBOS_TEST_POLL_INTERVAL": ("poll_interval", float),
-    "DBOS_TEST_WORKER_TIMEOUT": ("worker_timeout", float),
-}
-
-
-def wait_gate(schema: str, workflow_id: str, what: str, timeout: float = 60.0) -> None:
-    url = os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
-    deadline = time.monotonic() + timeout
-    with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            if conn.execute(
-                f'SELECT 1 FROM "{schema}".ledger WHERE workflow_id = %s AND what = %s',
-                (workflow_id, f"open:{what}"),
-            ).fetchone():
-                return
-            time.sleep(0.02)
-    raise TimeoutError(f"gate {what!r} of {workflow_id!r} was never opened")
+from tests.support import app_from_env, wait_gate, write_ledger
 
 
 def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
-    e = dict(os.environ if env is None else env)
-    schema = e.get("DBOS_TEST_SCHEMA", "dbos_celery_dev")
-    queue = e.get("DBOS_TEST_QUEUE", "celery")
-    for var, (option, convert) in ENV_OPTIONS.items():
-        if e.get(var):
-            durable_options.setdefault(option, convert(e[var]))
-    app = Celery("manage", broker=e.get("DBOS_TEST_BROKER_URL", BROKER_URL))
-    app.conf.task_default_queue = queue
-    app.conf.broker_connection_retry_on_startup = True
-    app.conf.worker_hijack_root_logger = False
-    durable = Durable(
-        app,
-        e.get("DBOS_TEST_DATABASE_URL", DATABASE_URL),
-        redis_url=e.get("DBOS_TEST_REDIS_URL", REDIS_URL) or None,
-        schema=schema,
-        **durable_options,
-    )
-    ns = SimpleNamespace(app=app, durable=durable, schema=schema)
+    ns = app_from_env("manage", env, **durable_options)
+    durable, schema = ns.durable, ns.schema
 
     def ledger(workflow_id: str, what: str) -> None:
         write_ledger(schema, workflow_id, what)

@@ -16,30 +16,12 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from celery import Celery
-
-from dbos_celery import Durable
-from tests.support import BROKER_URL, DATABASE_URL, REDIS_URL, write_ledger
+from tests.support import app_from_env, ledger_count, write_ledger
 
 
 def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
-    e = dict(os.environ if env is None else env)
-    schema = e.get("DBOS_TEST_SCHEMA", "dbos_celery_dev")
-    queue = e.get("DBOS_TEST_QUEUE", "celery")
-    app = Celery("messaging", broker=e.get("DBOS_TEST_BROKER_URL", BROKER_URL))
-    app.conf.task_default_queue = queue
-    app.conf.broker_connection_retry_on_startup = True
-    app.conf.worker_hijack_root_logger = False
-    options: dict[str, Any] = {"poll_interval": float(e.get("DBOS_TEST_POLL_INTERVAL") or 0.3)}
-    options.update(durable_options)
-    durable = Durable(
-        app,
-        e.get("DBOS_TEST_DATABASE_URL", DATABASE_URL),
-        redis_url=e.get("DBOS_TEST_REDIS_URL", REDIS_URL) or None,
-        schema=schema,
-        **options,
-    )
-    ns = SimpleNamespace(app=app, durable=durable, schema=schema)
+    ns = app_from_env("messaging", env, defaults={"poll_interval": 0.3}, **durable_options)
+    durable, schema = ns.durable, ns.schema
 
     def ledger(workflow_id: str, what: str) -> None:
         write_ledger(schema, workflow_id, what)
@@ -52,7 +34,7 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
     @durable.step(name="msg.hold_once")
     def hold_once(workflow_id: str, seconds: float) -> None:
         """Hold the first time only (a retry after a kill returns at once)."""
-        first_attempt = "hold" not in _ledger_rows(e, schema, workflow_id)
+        first_attempt = ledger_count(schema, workflow_id, "hold") == 0
         ledger(workflow_id, "hold")
         if first_attempt:
             time.sleep(seconds)
@@ -182,16 +164,6 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
         attempt=attempt,
     )
     return ns
-
-
-def _ledger_rows(e: dict[str, str], schema: str, workflow_id: str) -> list[str]:
-    import psycopg
-
-    with psycopg.connect(e.get("DBOS_TEST_DATABASE_URL", DATABASE_URL), autocommit=True) as c:
-        rows = c.execute(
-            f'SELECT what FROM "{schema}".ledger WHERE workflow_id = %s', (workflow_id,)
-        ).fetchall()
-    return [r[0] for r in rows]
 
 
 # the worker subprocess: `celery -A tests.apps.messaging worker`
