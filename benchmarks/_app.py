@@ -25,8 +25,15 @@ def build(env: dict[str, str]) -> SimpleNamespace:
     if env.get("BENCH_RESULT_BACKEND"):  # calls.py: the plain .get() baseline
         app.conf.result_backend = env["BENCH_RESULT_BACKEND"]
         app.conf.result_expires = 600  # the keys' TTL in Redis
+    options = {}
+    if env.get("BENCH_PARK_AFTER"):  # parking.py
+        options["park_after"] = float(env["BENCH_PARK_AFTER"])
     durable = Durable(
-        app, env["BENCH_DATABASE_URL"], redis_url=env["BENCH_WAKEUP_URL"] or None, schema=schema
+        app,
+        env["BENCH_DATABASE_URL"],
+        redis_url=env["BENCH_WAKEUP_URL"] or None,
+        schema=schema,
+        **options,
     )
     counter = f"bench:{schema}:done"
     r = redis.Redis.from_url(env["BENCH_BROKER_URL"])  # connects lazily (per process)
@@ -62,6 +69,15 @@ def build(env: dict[str, str]) -> SimpleNamespace:
             lat.append(time.time() - m["t"])
         return lat
 
+    # --- parking.py ---
+
+    @durable.workflow(name="bench.parked")
+    def parked() -> float:
+        """recv one message {"t": send time} (10 min timeout, so it parks);
+        seconds from send to recv returning."""
+        m = durable.recv(timeout=600)
+        return float(time.time() - m["t"])
+
     # --- calls.py ---
 
     @app.task(name="bench.add")
@@ -87,7 +103,7 @@ def build(env: dict[str, str]) -> SimpleNamespace:
     return SimpleNamespace(
         app=app, durable=durable, schema=schema, queue=queue, counter=counter, redis=r,
         trivial=trivial, step=step, one_step=one_step, plain=plain,
-        receiver=receiver, add=add, add_durable=add_durable, caller=caller,
+        receiver=receiver, add=add, add_durable=add_durable, caller=caller, parked=parked,
     )  # fmt: skip
 
 

@@ -113,3 +113,63 @@ def flag(d: Durable, ctxs: list[WorkflowContext]) -> None:
     for ctx in ctxs:
         ctx.stop_hint = True
         d.notifier.waiters.wake(cancel_key(ctx.workflow_id))
+
+
+class _Parked(BaseException):
+    """Raised out of a long wait once the workflow's row is WAITING: the run
+    ends without finishing (its Celery slot is free); a new delivery replays
+    it when what it waits for arrives or its wake time passes. A
+    BaseException, so that a workflow's ``except Exception`` cannot keep it."""
+
+
+class _Ready(Exception):
+    """Rolls a park back: what the workflow waits for is there already."""
+
+
+def should_park(d: Durable, parks_at: float | None, remaining: float | None) -> bool:
+    """Whether a wait that began parking at monotonic ``parks_at`` should
+    park now; ``remaining``: seconds to its own deadline (None: none). Not
+    when the wake would come sooner than the sweep could deliver it."""
+    if parks_at is None or time.monotonic() < parks_at:
+        return False
+    return remaining is None or remaining > d.sweep_interval
+
+
+def parks_at(d: Durable) -> float | None:
+    """The monotonic time at which a wait starting now parks (None: never)."""
+    return None if d.park_after is None else time.monotonic() + d.park_after
+
+
+def park(d: Durable, ctx: WorkflowContext, waiting_for: str, wake_at: float | None) -> None:
+    """Park the workflow: WAITING with no executor, woken by ``waiting_for``
+    or at ``wake_at`` (epoch seconds; the earlier of the wait's and the
+    workflow's deadlines). Raises _Parked; returns (nothing written) when
+    what it waits for exists already. A lost lease raises as a checkpoint
+    would."""
+    if ctx.deadline is not None:
+        wake_at = ctx.deadline if wake_at is None else min(wake_at, ctx.deadline)
+
+    def tx(ex: db.Executor) -> None:
+        ready = db.park_workflow(ex, ctx.workflow_id, ctx.executor_id, wake_at, waiting_for)
+        if ready is None:
+            raise lease_failed(ex, ctx)
+        if ready:
+            raise _Ready
+
+    try:
+        d.db.run(tx)
+    except _Ready:
+        return
+    log.debug("workflow %s parked, waiting for %r", ctx.workflow_id, waiting_for,
+             extra={"workflow_id": ctx.workflow_id})  # fmt: skip
+    raise _Parked
+
+
+def wake(d: Durable, waiting_for: str) -> None:
+    """Best effort, after what ``waiting_for`` names committed: publish the
+    workflows parked on it (the sweep wakes any this misses)."""
+    try:
+        for wid, name in d.db.now(db.wake_waiting, waiting_for):
+            d.publish(wid, name)
+    except Exception as exc:  # the sweep is the guarantee
+        log.warning("could not wake parked workflows (%s); the sweep will", exc)

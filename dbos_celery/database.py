@@ -68,6 +68,8 @@ PENDING = "PENDING"
 SUCCESS = "SUCCESS"
 ERROR = "ERROR"
 CANCELLED = "CANCELLED"
+WAITING = "WAITING"  # parked: no runner; published again when woken
+WOKEN = "WOKEN"  # not a status: the sweep's mark of a parked row it woke (now ENQUEUED)
 MAX_RECOVERY_ATTEMPTS_EXCEEDED = "MAX_RECOVERY_ATTEMPTS_EXCEEDED"
 FINAL_STATUSES = (SUCCESS, ERROR, CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED)
 
@@ -193,7 +195,7 @@ class Database:
         while True:
             try:
                 raw = self.engine.raw_connection()
-            except DBAPIError as exc:
+            except (DBAPIError, psycopg.OperationalError) as exc:  # the pool does not wrap
                 cause: BaseException = exc
             else:
                 conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
@@ -516,6 +518,7 @@ _FINISH = (
         error=bindparam("error", type_=LargeBinary),
         updated_at=func.now(),
     )
+    .returning(wf.c.parent_id)
 )
 
 
@@ -528,9 +531,22 @@ def finish_workflow(
     error: bytes | None,
 ) -> bool:
     """Record the outcome if this executor still holds the lease."""
+    return finish_workflow_parent(ex, workflow_id, executor_id, status, output, error) is not None
+
+
+def finish_workflow_parent(
+    ex: Executor,
+    workflow_id: str,
+    executor_id: str,
+    status: str,
+    output: bytes | None,
+    error: bytes | None,
+) -> tuple[str | None] | None:
+    """finish_workflow, returning (parent id,) when it recorded the outcome."""
     params = {"wid": workflow_id, "executor": executor_id, "status": status,
               "output": output, "error": error}  # fmt: skip
-    return ex.count(_FINISH, params) > 0
+    row = ex.first(_FINISH, params)
+    return None if row is None else (row[0],)
 
 
 _RELEASE = (
@@ -613,12 +629,14 @@ _MESSAGE_VALUES = (
     bindparam("topic", type_=Text),
     bindparam("payload", type_=LargeBinary),
 )
+# the destination's status, read by the insert: a WAITING one is woken
+_DEST_STATUS = select(wf.c.status).where(wf.c.id == _DEST).scalar_subquery()
 _INSERT_MESSAGE = (
     insert(msg)
     .from_select(
         ["destination_id", "topic", "payload"], select(*_MESSAGE_VALUES).where(_DEST_EXISTS)
     )
-    .returning(msg.c.id)
+    .returning(msg.c.id, _DEST_STATUS)
 )
 _KEY = (
     pg_insert(s.send_keys)
@@ -636,7 +654,7 @@ _INSERT_KEYED_MESSAGE = (
         ["destination_id", "topic", "payload"],
         select(_KEY.c.destination_id, *_MESSAGE_VALUES[1:]),
     )
-    .returning(msg.c.id)
+    .returning(msg.c.id, _DEST_STATUS)
 )
 
 
@@ -646,14 +664,16 @@ def insert_message(
     topic: str,
     payload: bytes,
     idempotency_key: str | None,
-) -> bool:
-    """Store a message for an existing workflow. False when the destination
-    does not exist or (with a key) the key was used before; nothing is
-    written then. The caller tells the two apart with workflow_exists."""
+) -> str | None:
+    """Store a message for an existing workflow; the destination's status
+    (WAITING: parked, to be woken). None when the destination does not exist
+    or (with a key) the key was used before; nothing is written then. The
+    caller tells the two apart with workflow_exists."""
     params = {"dest": destination_id, "dest2": destination_id, "topic": topic,
               "payload": payload, "key": idempotency_key}  # fmt: skip
     stmt = _INSERT_MESSAGE if idempotency_key is None else _INSERT_KEYED_MESSAGE
-    return ex.first(stmt, params) is not None
+    row = ex.first(stmt, params)
+    return None if row is None else str(row[1] or "")
 
 
 _OLDEST = (
@@ -716,6 +736,96 @@ def get_event(ex: Executor, workflow_id: str, key: str) -> tuple[bytes] | None:
     return (row[0],) if row is not None else None
 
 
+# --- parking ----------------------------------------------------------------
+# A workflow that waits long parks: its row becomes WAITING (no executor) with
+# the wakeup key it waits for (wakeup.key form) and a wake time. The sender of
+# what it waits for wakes it (wake_waiting); the sweep wakes the rest.
+
+_SEP = "\x1f"  # wakeup.SEP
+
+
+def _awaited_ready(w: Any) -> Any:
+    """True when what the parked row ``w`` waits for exists: an unconsumed
+    message ("m"), an event ("e"), a final outcome of a workflow ("d")."""
+    target = func.split_part(w.c.waiting_for, _SEP, 2)
+    other = wf.alias("awaited")
+    ev = s.events
+    return or_(
+        exists(
+            select(literal(1)).where(
+                msg.c.destination_id == w.c.id,
+                literal("m" + _SEP, Text) + w.c.id + _SEP + msg.c.topic == w.c.waiting_for,
+            )
+        ),
+        exists(
+            select(literal(1)).where(
+                ev.c.workflow_id == target,
+                literal("e" + _SEP, Text) + ev.c.workflow_id + _SEP + ev.c.key == w.c.waiting_for,
+            )
+        ),
+        exists(
+            select(literal(1)).where(
+                other.c.id == target,
+                literal("d" + _SEP, Text) + other.c.id + _SEP == w.c.waiting_for,
+                or_(*(other.c.status == x for x in FINAL_STATUSES)),
+            )
+        ),
+    )
+
+
+_WAKE_VALUES = {
+    "status": ENQUEUED,
+    "wake_at": None,
+    "waiting_for": None,
+    "reserved_by": None,
+    "publish_count": 0,
+    "updated_at": func.now(),
+}
+_PARK = (
+    update(wf)
+    .where(
+        wf.c.id == _WID,
+        wf.c.executor_id == bindparam("executor", type_=Text),
+        wf.c.status == PENDING,
+    )
+    .values(
+        status=WAITING,
+        executor_id=None,
+        reserved_by=None,
+        wake_at=func.to_timestamp(bindparam("wake_at", type_=Float)),
+        waiting_for=bindparam("waiting_for", type_=Text),
+        updated_at=func.now(),
+    )
+    .returning(_awaited_ready(wf))
+)
+
+
+def park_workflow(
+    ex: Executor, workflow_id: str, executor_id: str, wake_at: float | None, waiting_for: str
+) -> bool | None:
+    """PENDING under ``executor_id`` -> WAITING. None when the executor no
+    longer holds the lease (nothing written); else whether what it waits
+    for exists already (then the caller rolls the park back)."""
+    params = {"wid": workflow_id, "executor": executor_id, "wake_at": wake_at,
+              "waiting_for": waiting_for}  # fmt: skip
+    row = ex.first(_PARK, params)
+    return None if row is None else bool(row[0])
+
+
+_WAKE = (
+    update(wf)
+    .where(wf.c.status == WAITING, wf.c.waiting_for == bindparam("key", type_=Text))
+    .values(**_WAKE_VALUES)
+    .returning(wf.c.id, wf.c.name)
+)
+
+
+def wake_waiting(ex: Executor, waiting_for: str) -> list[tuple[str, str]]:
+    """WAITING workflows parked on ``waiting_for`` -> ENQUEUED; (id, name)
+    of each, to publish."""
+    return [(r[0], r[1]) for r in ex.rows(_WAKE, {"key": waiting_for})]
+
+
 # --- workers and recovery ---------------------------------------------------
 
 _HEARTBEAT = pg_insert(s.workers).values(
@@ -757,8 +867,11 @@ _SWEEP_LOCK = select(func.pg_try_advisory_xact_lock(func.hashtext(bindparam("loc
 # a timeout: children inherit the deadline, so they expire in the same pass
 _CANCEL_EXPIRED = (
     update(wf)
-    .where(or_(wf.c.status == ENQUEUED, wf.c.status == PENDING), wf.c.deadline <= func.now())
-    .values(status=CANCELLED, updated_at=func.now())
+    .where(
+        or_(wf.c.status == ENQUEUED, wf.c.status == PENDING, wf.c.status == WAITING),
+        wf.c.deadline <= func.now(),
+    )
+    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=func.now())
     .returning(wf.c.id, wf.c.name, wf.c.status)
 )
 _ATTEMPTS = wf.c.recovery_attempts + 1
@@ -796,6 +909,12 @@ _REPUBLISH_UNRECEIVED = (
     .values(publish_count=wf.c.publish_count + 1, updated_at=func.now())
     .returning(wf.c.id, wf.c.name, wf.c.status)
 )
+_WAKE_DUE = (
+    update(wf)
+    .where(wf.c.status == WAITING, or_(wf.c.wake_at <= func.now(), _awaited_ready(wf)))
+    .values(**_WAKE_VALUES)
+    .returning(wf.c.id, wf.c.name, literal(WOKEN, Text))
+)
 _FORGET_WORKERS = delete(s.workers).where(
     s.workers.c.last_heartbeat < func.now() - text("interval '1 day'")
 )
@@ -814,6 +933,8 @@ def sweep(
     with status CANCELLED, so that their waiters can be woken). Then returns
     the workflows to publish again: PENDING ones whose executor
     stopped heartbeating (now ENQUEUED, or MAX_RECOVERY_ATTEMPTS_EXCEEDED),
+    parked (WAITING) ones whose wake time passed or whose awaited message,
+    event or workflow outcome exists (now ENQUEUED, returned as WOKEN),
     ENQUEUED ones prefetched by a worker that died, and ENQUEUED ones no
     worker has received for a while (published with exponential backoff, so
     a long but healthy queue gets few duplicates).
@@ -823,6 +944,7 @@ def sweep(
     live = {"timeout": worker_timeout}
     found = [
         *ex.rows(_CANCEL_EXPIRED),
+        *ex.rows(_WAKE_DUE),
         *ex.rows(_RECOVER_DEAD, {**live, "max_attempts": max_recovery_attempts}),
         *ex.rows(_RECOVER_PREFETCHED, live),
         *ex.rows(_REPUBLISH_UNRECEIVED, {"grace": enqueued_timeout}),
@@ -833,7 +955,7 @@ def sweep(
 
 # --- management ---------------------------------------------------------------
 
-LIVE_STATUSES = (ENQUEUED, PENDING)
+LIVE_STATUSES = (ENQUEUED, PENDING, WAITING)
 RESUMABLE_STATUSES = (CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED)
 
 
@@ -854,13 +976,13 @@ def lease_state(ex: Executor, workflow_id: str) -> tuple[str, str | None] | None
 _CANCEL = (
     update(wf)
     .where(wf.c.id == _WID, _status_in(LIVE_STATUSES))
-    .values(status=CANCELLED, updated_at=func.now())
+    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=func.now())
     .returning(wf.c.id)
 )
 
 
 def cancel_workflow(ex: Executor, workflow_id: str) -> bool:
-    """ENQUEUED or PENDING -> CANCELLED; False when it is not live (finished,
+    """ENQUEUED, PENDING or WAITING -> CANCELLED; False when it is not live (finished,
     cancelled already, or missing). The executor id stays: a runner learns of
     the cancel when its next checkpoint fails the lease check."""
     return ex.first(_CANCEL, {"wid": workflow_id}) is not None
@@ -879,7 +1001,7 @@ _EXPIRE_OWN = (
 _CANCEL_CHILDREN = (
     update(wf)
     .where(wf.c.parent_id == _WID, _status_in(LIVE_STATUSES))
-    .values(status=CANCELLED, updated_at=func.now())
+    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=func.now())
     .returning(wf.c.id)
 )
 

@@ -23,7 +23,7 @@ from .errors import ConfigurationError, InvalidArgumentError, NonExistentWorkflo
 from .recovery import ProcessRuntime, Sweeper
 from .serialization import Serializer
 from .step import Step
-from .validation import check_id
+from .validation import check_id, check_number, check_timeout
 from .wakeup import LocalNotifier, Notifier, RedisNotifier, key
 from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus, execute
 
@@ -61,9 +61,18 @@ class Durable:
         max_message_bytes: int = 1 << 20,
         database_retry_timeout: float = 10.0,
         call_redispatch_after: float = 60.0,
+        park_after: float | None = 5.0,
     ) -> None:
         if not isinstance(app, Celery):
             raise ConfigurationError("Durable(app, ...) needs a celery.Celery app")
+        _check_options(
+            database_url=database_url, redis_url=redis_url, engine=engine, schema=schema,
+            poll_interval=poll_interval, heartbeat_interval=heartbeat_interval,
+            worker_timeout=worker_timeout, sweep_interval=sweep_interval,
+            enqueued_timeout=enqueued_timeout, call_redispatch_after=call_redispatch_after,
+            database_retry_timeout=database_retry_timeout,
+            max_recovery_attempts=max_recovery_attempts, max_message_bytes=max_message_bytes,
+        )  # fmt: skip
         database_url = database_url or os.environ.get("DBOS_CELERY_DATABASE_URL")
         if database_url is None and engine is None:
             raise ConfigurationError(
@@ -74,6 +83,8 @@ class Durable:
             raise ConfigurationError("worker_timeout must exceed heartbeat_interval (> 0)")
         if poll_interval <= 0 or sweep_interval <= 0:
             raise ConfigurationError("poll_interval and sweep_interval must be > 0")
+        if park_after is not None and (isinstance(park_after, bool) or not park_after >= 0):
+            raise ConfigurationError("park_after must be >= 0 seconds, or None (never park)")
         self.app = app
         self.db = Database(
             database_url, engine=engine, schema=schema, retry_timeout=database_retry_timeout
@@ -89,6 +100,8 @@ class Durable:
         self.enqueued_timeout = enqueued_timeout
         self.max_recovery_attempts = max_recovery_attempts
         self.max_message_bytes = max_message_bytes
+        # a wait longer than this parks the workflow (frees its worker slot)
+        self.park_after = park_after
         self.workflows: dict[str, Workflow[Any, Any]] = {}
         self._runtime: ProcessRuntime | None = None
         self._sweeper: Sweeper | None = None
@@ -107,7 +120,15 @@ class Durable:
         (named as Celery names tasks, so task_routes and queues apply).
         ``timeout``: the default of ``start(..., timeout=)`` in seconds."""
 
+        if callable(name):
+            raise InvalidArgumentError("use @durable.workflow() with parentheses")
+        if name is not None:
+            check_id(name, "workflow name")
+        check_timeout(timeout, allow_none=True)
+
         def decorate(fn: Callable[P, R]) -> Workflow[P, R]:
+            if not callable(fn):
+                raise InvalidArgumentError(f"@durable.workflow() decorates a function, not {fn!r}")
             task_name = name or gen_task_name(self.app, fn.__name__, fn.__module__)
             if task_name in self.workflows:
                 raise ConfigurationError(f"a workflow named {task_name!r} is already registered")
@@ -139,7 +160,21 @@ class Durable:
         """A checkpointed step; retried ``max_attempts`` times, sleeping
         ``interval * backoff**n`` between attempts."""
 
+        if name is not None:
+            check_id(name, "step name")
+        check_number(interval, "interval")
+        check_number(backoff, "backoff", minimum=1.0)
+        if not (
+            isinstance(retry_on, tuple)
+            and all(isinstance(c, type) and issubclass(c, BaseException) for c in retry_on)
+        ):
+            raise InvalidArgumentError(
+                f"retry_on must be a tuple of exception types, got {retry_on!r}"
+            )
+
         def decorate(f: Callable[P, R]) -> Step[P, R]:
+            if not callable(f):
+                raise InvalidArgumentError(f"@durable.step() decorates a function, not {f!r}")
             step_name = name or f"{f.__module__}.{f.__qualname__}"
             return Step(self, f, step_name, max_attempts, interval, backoff, retry_on)
 
@@ -223,8 +258,14 @@ class Durable:
         """Workflows by creation time (oldest first unless ``newest_first``),
         filtered; ``created_after`` is inclusive, ``created_before`` not, and
         a naive datetime is taken as UTC."""
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise InvalidArgumentError(f"limit must be an int >= 0, got {limit!r}")
+        for what, value in (("status", status), ("name", name), ("parent", parent)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
+        for what, bound in (("limit", limit), ("offset", offset)):
+            if bound is not None:
+                check_number(bound, what, integer=True)
+        if not isinstance(newest_first, bool):
+            raise InvalidArgumentError(f"newest_first must be a bool, got {newest_first!r}")
         after = management.as_utc(created_after, "created_after")
         before = management.as_utc(created_before, "created_before")
         rows = self.db.now(
@@ -340,6 +381,37 @@ class Durable:
             return
         if getattr(request, "name", None) in self.workflows:
             self.runtime().note_reserved(request.id)
+
+
+def _check_options(
+    *, database_url: Any, redis_url: Any, engine: Any, schema: Any, **numbers: Any
+) -> None:
+    """Durable(...)'s options, checked before anything connects or is written."""
+    from sqlalchemy import Engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    for what, url in (("database_url", database_url), ("redis_url", redis_url)):
+        if url is not None and not isinstance(url, str):
+            raise ConfigurationError(f"{what} must be a str URL, got {type(url).__name__}")
+    if database_url:
+        try:
+            make_url(database_url)
+        except ArgumentError:
+            raise ConfigurationError("database_url is not a valid URL") from None
+    if engine is not None and not isinstance(engine, Engine):
+        raise ConfigurationError(f"engine must be a SQLAlchemy Engine, got {type(engine).__name__}")
+    if isinstance(schema, str) and len(schema.encode("utf-8", "replace")) > 63:
+        raise ConfigurationError(f"schema name {schema!r} is longer than Postgres's 63 bytes")
+    integers = {"max_recovery_attempts": 0, "max_message_bytes": 1}
+    for what, value in numbers.items():
+        try:
+            if what in integers:
+                check_number(value, what, minimum=integers[what], integer=True)
+            else:
+                check_number(value, what, above=what != "database_retry_timeout")
+        except InvalidArgumentError as exc:
+            raise ConfigurationError(f"Durable({exc.message()})") from None
 
 
 def _worker_bootstep(durable: Durable) -> type[bootsteps.StartStopStep]:

@@ -3,7 +3,8 @@
 - **cancel**: an ENQUEUED workflow becomes CANCELLED and never runs (its
   Celery message finds nothing to claim and is dropped); a PENDING one
   becomes CANCELLED and its runner stops at its next durable boundary (see
-  ``cancellation.py``); a finished one is left as it is (a no-op). Children
+  ``cancellation.py``); a parked (WAITING) one becomes CANCELLED at once,
+  since nothing runs it; a finished one is left as it is (a no-op). Children
   are not cancelled (a timeout does cancel them).
 - **resume**: a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow is
   ENQUEUED again with a fresh recovery count and no deadline, and runs again

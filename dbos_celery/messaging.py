@@ -58,8 +58,10 @@ def send(
     ctx = context.current()
     if ctx is not None and ctx.in_step and idempotency_key is None:
         raise SendFromStepError(destination_id)
+    k = key("m", destination_id, t)
     if ctx is None or ctx.in_step:
-        if not d.db.now(db.insert_message, destination_id, t, payload, idempotency_key):
+        status = d.db.now(db.insert_message, destination_id, t, payload, idempotency_key)
+        if status is None:
             if not d.db.now(db.workflow_exists, destination_id):
                 raise NonExistentWorkflowError(destination_id)
             return  # a retried send with the same key: stored once already
@@ -71,19 +73,25 @@ def send(
             return  # sent on an earlier run of this workflow
         missing = NonExistentWorkflowError(destination_id)
 
-        def tx(ex: db.Executor) -> bool:
+        def tx(ex: db.Executor) -> str | None:
             error = None
-            if not db.insert_message(ex, destination_id, t, payload, idempotency_key):
+            got = db.insert_message(ex, destination_id, t, payload, idempotency_key)
+            if got is None:
                 if not db.workflow_exists(ex, destination_id):
                     # record the failure: a replay must fail the same way even
                     # if the destination exists by then (no message is stored)
                     error = d.serializer.dumps_error(missing)
             write_checkpoint(ex, ctx, seq, SEND, None, error)
-            return error is None
+            if error is not None:
+                return None
+            return got or ""
 
-        if not checkpointed(d, ctx, tx, transaction=True):
+        status = checkpointed(d, ctx, tx, transaction=True)
+        if status is None:
             raise missing
-    d.notifier.notify(key("m", destination_id, t))
+    d.notifier.notify(k)
+    if status == db.WAITING:  # parked: publish it again
+        cancellation.wake(d, k)
 
 
 def recv(d: Durable, topic: str | None = None, timeout: float = 60.0) -> Any:
@@ -127,12 +135,19 @@ def _wait(
         if got is not None or timeout == 0 and ctx.replay(deadline_seq, DEADLINE) is None:
             return got
         deadline = durable_deadline(d, ctx, deadline_seq, DEADLINE, timeout)
+        parks_at = cancellation.parks_at(d)
         with cancellation.watch(d, ctx, waiter):
             while True:
                 remaining = deadline - time.time()
                 if remaining <= 0:
                     return None
-                waiter.wait(cancellation.bound(ctx, min(remaining, d.poll_interval)))
+                if cancellation.should_park(d, parks_at, remaining):
+                    cancellation.park(d, ctx, k, deadline)  # raises unless k is ready
+                    parks_at = cancellation.parks_at(d)
+                wait = min(remaining, d.poll_interval)
+                if parks_at is not None:
+                    wait = max(0.0, min(wait, parks_at - time.monotonic()))
+                waiter.wait(cancellation.bound(ctx, wait))
                 cancellation.check(d, ctx)
                 got = check()
                 if got is not None:
@@ -152,7 +167,9 @@ def set_event(d: Durable, key_: str, value: Any) -> None:
         write_checkpoint(ex, ctx, seq, SET_EVENT, None)
 
     checkpointed(d, ctx, tx, transaction=True)
-    d.notifier.notify(key("e", ctx.workflow_id, key_))
+    k = key("e", ctx.workflow_id, key_)
+    d.notifier.notify(k)
+    cancellation.wake(d, k)  # workflows parked in get_event
 
 
 def get_event(d: Durable, workflow_id: str, key_: str, timeout: float = 60.0) -> Any:
@@ -195,7 +212,14 @@ def sleep(d: Durable, seconds: float) -> None:
     if wake <= time.time():
         return
     d.notifier.start()
+    parks_at = cancellation.parks_at(d)
     with cancellation.watch(d, ctx) as waiter:
         while (remaining := wake - time.time()) > 0:
-            waiter.wait(cancellation.bound(ctx, remaining))
+            if cancellation.should_park(d, parks_at, remaining):
+                cancellation.park(d, ctx, key("s", ctx.workflow_id), wake)  # raises
+                parks_at = None
+            wait = remaining
+            if parks_at is not None:
+                wait = max(0.0, min(wait, parks_at - time.monotonic()))
+            waiter.wait(cancellation.bound(ctx, wait))
             cancellation.check(d, ctx)

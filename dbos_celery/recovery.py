@@ -134,7 +134,11 @@ class Sweeper:
             d.enqueued_timeout,
         )
         for r in recovered or ():
-            if r.status == db.ENQUEUED:
+            if r.status == db.WOKEN:  # a parked workflow: what it waits for came
+                log.debug("waking parked workflow %s (%s)", r.id, r.name,
+                          extra={"workflow_id": r.id})  # fmt: skip
+                self.publish(r.id, r.name)
+            elif r.status == db.ENQUEUED:
                 log.info("recovering workflow %s (%s)", r.id, r.name, extra={"workflow_id": r.id})
                 self.publish(r.id, r.name)
             elif r.status == db.CANCELLED:

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     func,
+    text,
 )
 from sqlalchemy.engine import Connection
 
@@ -61,9 +62,16 @@ workflows = Table(
     _ts("updated_at"),
     # past it the workflow is cancelled (a timeout); children inherit it (v2)
     Column("deadline", DateTime(timezone=True)),
+    # a parked workflow (status WAITING): published again when what it waits
+    # for (a wakeup key) arrives, or at wake_at (v3)
+    Column("wake_at", DateTime(timezone=True)),
+    Column("waiting_for", Text),
     Index("ix_workflows_status_updated", "status", "updated_at"),
     Index("ix_workflows_parent", "parent_id"),
     Index("ix_workflows_created", "created_at"),
+    # the parked rows, for the sweep (v3)
+    Index("ix_workflows_waiting_wake", "wake_at", postgresql_where=text("status = 'WAITING'")),
+    Index("ix_workflows_waiting_for", "waiting_for", postgresql_where=text("status = 'WAITING'")),
 )
 
 steps = Table(
@@ -136,6 +144,19 @@ def _v2(conn: Connection) -> None:
     )
 
 
+def _v3(conn: Connection) -> None:
+    """Parking: the wake-up deadline and awaited key of WAITING workflows,
+    and partial indexes that keep the sweep over them cheap."""
+    for ddl in (
+        "ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS wake_at TIMESTAMP WITH TIME ZONE",
+        "ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS waiting_for TEXT",
+    ):
+        conn.execute(DDL(ddl).against(workflows))  # type: ignore[no-untyped-call]
+    for index in workflows.indexes:
+        if index.name in ("ix_workflows_waiting_wake", "ix_workflows_waiting_for"):
+            index.create(conn, checkfirst=True)
+
+
 # index i holds the migration to version i + 1; append, never edit
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
 LATEST_VERSION = len(MIGRATIONS)

@@ -42,3 +42,16 @@ def check_timeout(timeout: Any, *, allow_none: bool = False) -> None:
         raise InvalidArgumentError(f"timeout must be a number of seconds, got {timeout!r}")
     if math.isnan(timeout) or timeout < 0:
         raise InvalidArgumentError(f"timeout must be >= 0 seconds, got {timeout!r}")
+
+
+def check_number(
+    value: Any, what: str, *, minimum: float = 0.0, above: bool = False, integer: bool = False
+) -> None:
+    """A numeric option: a finite number (an int when ``integer``; never a
+    bool) of at least ``minimum`` (greater than it when ``above``)."""
+    kind = "an int" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise InvalidArgumentError(f"{what} must be {kind}, got {value!r}")
+    if not math.isfinite(value) or value < minimum or (above and value == minimum):
+        bound = f"> {minimum:g}" if above else f">= {minimum:g}"
+        raise InvalidArgumentError(f"{what} must be {kind} {bound} (finite), got {value!r}")

@@ -136,6 +136,9 @@ class WorkflowHandle(Generic[R]):
             waiter = stack.enter_context(d.notifier.waiters.register(d.done_key(self.workflow_id)))
             if ctx is not None:
                 stack.enter_context(cancellation.watch(d, ctx, waiter))
+            # a wait with a timeout is not durable (a replay waits afresh), so
+            # only an unbounded wait inside a workflow parks
+            parks_at = cancellation.parks_at(d) if ctx is not None and timeout is None else None
             while True:
                 got = d.db.now(db.get_status, self.workflow_id)
                 if got is None:
@@ -153,6 +156,12 @@ class WorkflowHandle(Generic[R]):
                     if remaining <= 0:
                         raise ResultTimeoutError(self.workflow_id, timeout or 0.0)
                     wait = min(wait, remaining)
+                if ctx is not None and cancellation.should_park(d, parks_at, None):
+                    cancellation.park(d, ctx, d.done_key(self.workflow_id), None)  # raises
+                    parks_at = cancellation.parks_at(d)  # finished meanwhile: read it
+                    continue
+                if parks_at is not None:
+                    wait = max(0.0, min(wait, parks_at - time.monotonic()))
                 waiter.wait(cancellation.bound(ctx, wait))
                 cancellation.check(d, ctx)
 
@@ -301,6 +310,10 @@ def execute(durable: Durable, workflow_id: str) -> None:
         inputs = d.serializer.loads(row.inputs)
         result = wf.fn(*inputs["args"], **inputs["kwargs"])
         output = d.serializer.dumps(result, f"output of workflow {row.name!r}")
+    except cancellation._Parked:
+        log.debug("workflow %s parked; its slot is free", workflow_id,
+                  extra={"workflow_id": workflow_id})  # fmt: skip
+        return
     except WorkflowCancelledError:
         # the status is CANCELLED already (set by the canceller or the timeout)
         log.info("workflow %s was cancelled; stopped", workflow_id,
@@ -321,5 +334,7 @@ def execute(durable: Durable, workflow_id: str) -> None:
     finally:
         runtime.untrack(ctx)
         context.leave(token)
-    d.db.now(db.finish_workflow, workflow_id, executor, status, output, error)
+    finished = d.db.now(db.finish_workflow_parent, workflow_id, executor, status, output, error)
     d.notifier.notify(d.done_key(workflow_id))
+    if finished is not None and finished[0] is not None:
+        cancellation.wake(d, d.done_key(workflow_id))  # a parent parked in result()

@@ -1,0 +1,111 @@
+"""The app that parking tests run in real `celery worker` processes.
+
+``build()`` makes a fresh app + Durable bound to one test's schema and queue
+(same pattern as tests/apps/core.py); the worker subprocess builds it from
+the environment (module-level ``app``). Workflows are named ``park.*``.
+Every execution of a workflow writes "start" and "end" to the test's ledger
+(not steps: written on every run, a parked run included), so a test sees how
+many runs there were and how many overlapped.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any
+
+from celery import Celery
+
+from dbos_celery import Durable
+from tests.support import BROKER_URL, DATABASE_URL, REDIS_URL, write_ledger
+
+# durable options a test can set for its worker processes (extra_env)
+ENV_OPTIONS: dict[str, tuple[str, Any]] = {
+    "DBOS_TEST_PARK_AFTER": ("park_after", lambda v: None if v == "none" else float(v)),
+    "DBOS_TEST_POLL_INTERVAL": ("poll_interval", float),
+}
+
+
+def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
+    e = dict(os.environ if env is None else env)
+    schema = e.get("DBOS_TEST_SCHEMA", "dbos_celery_dev")
+    queue = e.get("DBOS_TEST_QUEUE", "celery")
+    for var, (option, convert) in ENV_OPTIONS.items():
+        if e.get(var):
+            durable_options.setdefault(option, convert(e[var]))
+    app = Celery("park", broker=e.get("DBOS_TEST_BROKER_URL", BROKER_URL))
+    app.conf.task_default_queue = queue
+    app.conf.broker_connection_retry_on_startup = True
+    app.conf.worker_hijack_root_logger = False
+    durable = Durable(
+        app,
+        e.get("DBOS_TEST_DATABASE_URL", DATABASE_URL),
+        redis_url=e.get("DBOS_TEST_REDIS_URL", REDIS_URL) or None,
+        schema=schema,
+        **durable_options,
+    )
+    ns = SimpleNamespace(app=app, durable=durable, schema=schema)
+
+    def ledger(workflow_id: str, what: str) -> None:
+        write_ledger(schema, workflow_id, what)
+
+    @durable.step(name="park.mark")
+    def mark(workflow_id: str, what: str) -> str:
+        ledger(workflow_id, what)
+        return what
+
+    @durable.workflow(name="park.waits")
+    def waits(topic: str, timeout: float) -> Any:
+        wid = durable.workflow_id
+        ledger(wid, "start")
+        try:
+            got = durable.recv(topic, timeout=timeout)
+            mark(wid, f"got {got!r}")
+            return got
+        finally:
+            ledger(wid, "end")
+
+    @durable.workflow(name="park.quiet")
+    def quiet(topic: str, timeout: float) -> Any:
+        """waits without the ledger: for many workflows at once."""
+        return durable.recv(topic, timeout=timeout)
+
+    @durable.workflow(name="park.sleeps")
+    def sleeps(seconds: float) -> str:
+        wid = durable.workflow_id
+        ledger(wid, "start")
+        try:
+            durable.sleep(seconds)
+            return mark(wid, "woke")
+        finally:
+            ledger(wid, "end")
+
+    @durable.workflow(name="park.parent")
+    def parent(topic: str) -> Any:
+        """Starts a child (id ``{parent}-0``), waits for its event "got",
+        then for its result: each wait parks when long."""
+        wid = durable.workflow_id
+        ledger(wid, "start")
+        try:
+            child = child_.start(topic)
+            event = durable.get_event(child.workflow_id, "got", timeout=600)
+            mark(wid, f"event {event!r}")
+            return [event, child.result()]
+        finally:
+            ledger(wid, "end")
+
+    @durable.workflow(name="park.child")
+    def child_(topic: str) -> Any:
+        first = durable.recv(topic, timeout=600)
+        durable.set_event("got", first)
+        return [first, durable.recv(topic, timeout=600)]
+
+    ns.__dict__.update(waits=waits, quiet=quiet, sleeps=sleeps, parent=parent, child=child_)
+    return ns
+
+
+# the worker subprocess: `celery -A tests.apps.park worker`
+if os.environ.get("DBOS_TEST_SCHEMA"):
+    _ns = build()
+    app = _ns.app
+    durable = _ns.durable
