@@ -341,6 +341,14 @@ _NCOLS = len(_WORKFLOW_COLS)
 _WID = bindparam("wid", type_=Text)
 
 
+# the lease: this row is running (PENDING) under this executor
+_HELD = and_(
+    wf.c.id == _WID,
+    wf.c.executor_id == bindparam("executor", type_=Text),
+    wf.c.status == PENDING,
+)
+
+
 def _seconds(value: Any) -> Any:
     return func.make_interval(0, 0, 0, 0, 0, 0, value)
 
@@ -507,11 +515,7 @@ def claim_workflow(
 
 _FINISH = (
     update(wf)
-    .where(
-        wf.c.id == _WID,
-        wf.c.executor_id == bindparam("executor", type_=Text),
-        wf.c.status == PENDING,
-    )
+    .where(_HELD)
     .values(
         status=bindparam("status", type_=Text),
         output=bindparam("output", type_=LargeBinary),
@@ -549,15 +553,7 @@ def finish_workflow_parent(
     return None if row is None else (row[0],)
 
 
-_RELEASE = (
-    update(wf)
-    .where(
-        wf.c.id == _WID,
-        wf.c.executor_id == bindparam("executor", type_=Text),
-        wf.c.status == PENDING,
-    )
-    .values(status=ENQUEUED, executor_id=None, updated_at=func.now())
-)
+_RELEASE = update(wf).where(_HELD).values(status=ENQUEUED, executor_id=None, updated_at=func.now())
 
 
 def release_workflow(ex: Executor, workflow_id: str, executor_id: str) -> bool:
@@ -579,15 +575,7 @@ _INSERT_STEP = (
             bindparam("name", type_=Text),
             bindparam("output", type_=LargeBinary),
             bindparam("error", type_=LargeBinary),
-        ).where(
-            exists(
-                select(literal(1)).where(
-                    wf.c.id == _WID,
-                    wf.c.executor_id == bindparam("executor", type_=Text),
-                    wf.c.status == PENDING,
-                )
-            )
-        ),
+        ).where(exists(select(literal(1)).where(_HELD))),
     )
     .returning(st.c.seq)
 )
@@ -783,11 +771,7 @@ _WAKE_VALUES = {
 }
 _PARK = (
     update(wf)
-    .where(
-        wf.c.id == _WID,
-        wf.c.executor_id == bindparam("executor", type_=Text),
-        wf.c.status == PENDING,
-    )
+    .where(_HELD)
     .values(
         status=WAITING,
         executor_id=None,
@@ -991,9 +975,7 @@ def cancel_workflow(ex: Executor, workflow_id: str) -> bool:
 _EXPIRE_OWN = (
     update(wf)
     .where(
-        wf.c.id == _WID,
-        wf.c.status == PENDING,
-        wf.c.executor_id == bindparam("executor", type_=Text),
+        _HELD,
     )
     .values(status=CANCELLED, updated_at=func.now())
     .returning(wf.c.id)
