@@ -156,12 +156,13 @@ def wait_for(
 
 
 # Durable options a test can set for its worker subprocesses (extra_env)
-ENV_OPTIONS: dict[str, tuple[str, type]] = {
+ENV_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DBOS_TEST_ENQUEUED_TIMEOUT": ("enqueued_timeout", float),
     "DBOS_TEST_MAX_RECOVERY_ATTEMPTS": ("max_recovery_attempts", int),
     "DBOS_TEST_WORKER_TIMEOUT": ("worker_timeout", float),
     "DBOS_TEST_POLL_INTERVAL": ("poll_interval", float),
     "DBOS_TEST_CALL_REDISPATCH_AFTER": ("call_redispatch_after", float),
+    "DBOS_TEST_PARK_AFTER": ("park_after", lambda v: None if v == "none" else float(v)),
 }
 
 
@@ -228,3 +229,12 @@ def ledger_count(schema: str, workflow_id: str, what: str) -> int:
             (workflow_id, what),
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def start_worker(
+    env: Env, workers: list[WorkerProcess], app: str = "tests.apps.core", **kw: Any
+) -> WorkerProcess:
+    """Start a worker subprocess, registered for SIGKILL at teardown, ready."""
+    w = WorkerProcess(env, app, **kw)
+    workers.append(w)
+    return w.wait_ready()

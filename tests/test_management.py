@@ -29,7 +29,7 @@ from dbos_celery import database as db
 from dbos_celery import schema as s
 from tests.apps.core import open_gate
 from tests.apps.manage import build
-from tests.support import Env, WorkerProcess, wait_for
+from tests.support import Env, WorkerProcess, start_worker, wait_for
 
 APP = "tests.apps.manage"
 
@@ -45,9 +45,7 @@ def ns(env: Env) -> Iterator[SimpleNamespace]:
 
 
 def _start(env: Env, workers: list[WorkerProcess], name: str, **kw: Any) -> WorkerProcess:
-    w = WorkerProcess(env, APP, name=name, **kw)
-    workers.append(w)
-    return w.wait_ready()
+    return start_worker(env, workers, APP, name=name, **kw)
 
 
 def _effects(env: Env, workflow_id: str) -> Counter[str]:

@@ -36,7 +36,7 @@ from dbos_celery import (
 from dbos_celery import database as db
 from dbos_celery.workflow import execute
 from tests.apps.messaging import build
-from tests.support import REDIS_URL, Env, WorkerProcess, wait_for
+from tests.support import REDIS_URL, Env, WorkerProcess, start_worker, wait_for
 
 APP = "tests.apps.messaging"
 
@@ -62,9 +62,7 @@ def make_app(env: Env) -> Iterator[Callable[..., SimpleNamespace]]:
 
 
 def _start_worker(env: Env, workers: list[WorkerProcess], **kw: Any) -> WorkerProcess:
-    w = WorkerProcess(env, APP, **kw)
-    workers.append(w)
-    return w.wait_ready()
+    return start_worker(env, workers, APP, **kw)
 
 
 def _decode(payload: bytes) -> Any:

@@ -19,7 +19,7 @@ from celery import Celery
 from dbos_celery import ConfigurationError, Durable, WorkflowFailedError
 from dbos_celery.wakeup import key
 from tests.apps.park import build
-from tests.support import Env, WorkerProcess, wait_for
+from tests.support import Env, WorkerProcess, start_worker, wait_for
 
 APP = "tests.apps.park"
 
@@ -36,9 +36,8 @@ def ns(env: Env) -> Iterator[SimpleNamespace]:
 def _start(
     env: Env, workers: list[WorkerProcess], name: str, park_after: str, **kw: object
 ) -> WorkerProcess:
-    w = WorkerProcess(env, APP, name=name, extra_env={"DBOS_TEST_PARK_AFTER": park_after}, **kw)
-    workers.append(w)
-    return w.wait_ready()
+    extra_env = {"DBOS_TEST_PARK_AFTER": park_after}
+    return start_worker(env, workers, APP, name=name, extra_env=extra_env, **kw)
 
 
 def _statuses(env: Env, prefix: str) -> dict[str, int]:

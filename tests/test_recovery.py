@@ -14,7 +14,7 @@ import redis
 from dbos_celery import NonDeterministicWorkflowError, WorkflowFailedError
 from dbos_celery import database as db
 from tests.apps.core import build, open_gate
-from tests.support import Env, WorkerProcess, wait_for
+from tests.support import Env, WorkerProcess, start_worker, wait_for
 
 FIVE = ["step1", "step2", "step3", "step4", "step5"]
 
@@ -30,9 +30,7 @@ def ns(env: Env) -> Iterator[SimpleNamespace]:
 
 
 def _start(env: Env, workers: list[WorkerProcess], name: str, **kw: Any) -> WorkerProcess:
-    w = WorkerProcess(env, name=name, **kw)
-    workers.append(w)
-    return w.wait_ready()
+    return start_worker(env, workers, name=name, **kw)
 
 
 def _checkpoints(env: Env, workflow_id: str) -> int:

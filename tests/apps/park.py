@@ -14,37 +14,12 @@ import os
 from types import SimpleNamespace
 from typing import Any
 
-from celery import Celery
-
-from dbos_celery import Durable
-from tests.support import BROKER_URL, DATABASE_URL, REDIS_URL, write_ledger
-
-# durable options a test can set for its worker processes (extra_env)
-ENV_OPTIONS: dict[str, tuple[str, Any]] = {
-    "DBOS_TEST_PARK_AFTER": ("park_after", lambda v: None if v == "none" else float(v)),
-    "DBOS_TEST_POLL_INTERVAL": ("poll_interval", float),
-}
+from tests.support import app_from_env, write_ledger
 
 
 def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
-    e = dict(os.environ if env is None else env)
-    schema = e.get("DBOS_TEST_SCHEMA", "dbos_celery_dev")
-    queue = e.get("DBOS_TEST_QUEUE", "celery")
-    for var, (option, convert) in ENV_OPTIONS.items():
-        if e.get(var):
-            durable_options.setdefault(option, convert(e[var]))
-    app = Celery("park", broker=e.get("DBOS_TEST_BROKER_URL", BROKER_URL))
-    app.conf.task_default_queue = queue
-    app.conf.broker_connection_retry_on_startup = True
-    app.conf.worker_hijack_root_logger = False
-    durable = Durable(
-        app,
-        e.get("DBOS_TEST_DATABASE_URL", DATABASE_URL),
-        redis_url=e.get("DBOS_TEST_REDIS_URL", REDIS_URL) or None,
-        schema=schema,
-        **durable_options,
-    )
-    ns = SimpleNamespace(app=app, durable=durable, schema=schema)
+    ns = app_from_env("park", env, **durable_options)
+    durable, schema = ns.durable, ns.schema
 
     def ledger(workflow_id: str, what: str) -> None:
         write_ledger(schema, workflow_id, what)
