@@ -2,26 +2,34 @@
 
 Statements are written with SQLAlchemy Core and built once, at import, with
 named bind parameters; each is compiled to SQL once per schema and run on the
-psycopg connection directly (statement building and SQLAlchemy's execution
+driver's connection directly (statement building and SQLAlchemy's execution
 layer cost more than the round trip they wrap). Each statement is a small
 function taking an :class:`Executor`.
 
+Two backends: Postgres through psycopg 3 (production), and a SQLite file
+(the embedded default: one machine, its processes serialized by the file's
+write lock). Functions that differ between them are in ``schema.py``; the
+few Postgres statements that modify rows inside a CTE run as two statements
+in one transaction on SQLite (``Executor.atomic``).
+
 ``Database.now`` runs one statement in autocommit mode (one round trip);
-``Database.run`` runs several in one transaction. Lost connections are
-retried with backoff for a bounded time, then surface as
-:class:`DatabaseUnavailableError` with the driver error as ``__cause__``.
-Nothing else in the package imports SQLAlchemy or psycopg.
+``Database.run`` runs several in one transaction. Lost connections (SQLite:
+a lock held too long) are retried with backoff for a bounded time, then
+surface as :class:`DatabaseUnavailableError` with the driver error as
+``__cause__``. Nothing else in the package imports SQLAlchemy or a driver.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import psycopg
@@ -35,11 +43,11 @@ from sqlalchemy import (
     NullPool,
     Text,
     and_,
-    any_,
     bindparam,
     case,
     create_engine,
     delete,
+    event,
     exists,
     func,
     insert,
@@ -78,14 +86,18 @@ st = s.steps
 msg = s.messages
 
 
+DBAPIConnection = psycopg.Connection[Any] | sqlite3.Connection
+
+
 class Executor:
-    """Runs Core statements on one psycopg connection; SQL compiled once."""
+    """Runs Core statements on one driver connection; SQL compiled once."""
 
-    __slots__ = ("_conn", "_db")
+    __slots__ = ("_conn", "_db", "sqlite")
 
-    def __init__(self, conn: psycopg.Connection[Any], database: Database) -> None:
+    def __init__(self, conn: DBAPIConnection, database: Database) -> None:
         self._conn = conn
         self._db = database
+        self.sqlite = database.sqlite
 
     def rows(
         self, stmt: ClauseElement, params: dict[str, Any] | None = None, *, cache: bool = True
@@ -95,17 +107,65 @@ class Executor:
 
     def first(self, stmt: ClauseElement, params: dict[str, Any] | None = None) -> Any:
         cur = self._execute(stmt, params, True)
+        if self.sqlite:  # step the statement to its end before anything else runs
+            got = cur.fetchall()
+            return got[0] if got else None
         return cur.fetchone()
 
     def count(self, stmt: ClauseElement, params: dict[str, Any] | None = None) -> int:
         """Rows changed by an UPDATE / DELETE / INSERT."""
-        return self._execute(stmt, params, True).rowcount
+        return int(self._execute(stmt, params, True).rowcount)
 
-    def _execute(
-        self, stmt: ClauseElement, params: dict[str, Any] | None, cache: bool
-    ) -> psycopg.Cursor[Any]:
+    def atomic(self) -> AbstractContextManager[None]:
+        """One transaction around several statements on SQLite, where a
+        Postgres statement that changes rows in a CTE is split in two."""
+        if isinstance(self._conn, sqlite3.Connection) and not self._conn.in_transaction:
+            return _sqlite_transaction(self._conn)
+        return nullcontext()
+
+    def _execute(self, stmt: ClauseElement, params: dict[str, Any] | None, cache: bool) -> Any:
         sql, defaults = self._db.compiled(stmt, cache)
-        return self._conn.execute(sql, {**defaults, **params} if params else defaults)
+        values = {**defaults, **params} if params else defaults
+        if self.sqlite:
+            values = {k: _sqlite_value(v) for k, v in values.items()}
+        return self._conn.execute(sql, values)
+
+
+def _sqlite_value(value: Any) -> Any:
+    # lists travel as JSON arrays (schema.in_list), times as epoch seconds
+    if isinstance(value, list):
+        return json.dumps(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
+
+
+@contextmanager
+def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE: take the write lock up front, so that a transaction that
+    # reads and then writes waits for the lock instead of failing
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def _sqlite_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+    dbapi_conn.execute("PRAGMA synchronous=FULL")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost connection (Postgres) or a lock held too long (SQLite): retried."""
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text_ = str(exc).lower()
+        return "locked" in text_ or "busy" in text_ or "unable to open" in text_
+    return False
 
 
 class Database:
@@ -123,9 +183,10 @@ class Database:
         if (url is None) == (engine is None):
             raise ConfigurationError("pass exactly one of database_url or engine")
         sa_url = make_url(url) if url is not None else engine.url  # type: ignore[union-attr]
-        if sa_url.get_backend_name() != "postgresql":
+        backend = sa_url.get_backend_name()
+        if backend not in ("postgresql", "sqlite"):
             raise ConfigurationError(
-                f"database_url must be a postgresql URL, got {sa_url.get_backend_name()!r}"
+                f"database_url must be a postgresql:// or sqlite:/// URL, got {backend!r}"
             )
         if engine is not None and engine.dialect.driver != "psycopg":
             raise ConfigurationError(
@@ -133,7 +194,18 @@ class Database:
                 f"not {engine.dialect.driver!r}"
             )
         _quote(schema)
-        self.url = sa_url.set(drivername="postgresql+psycopg")
+        self.sqlite = backend == "sqlite"
+        if self.sqlite:
+            if not sa_url.database or sa_url.database == ":memory:":
+                raise ConfigurationError(
+                    "database_url: SQLite needs a file (sqlite:///path/to/file.db): an in-memory "
+                    "database is not shared between worker processes"
+                )
+            # absolute: a worker that changes directory still finds it
+            path = os.path.abspath(sa_url.database)
+            self.url = sa_url.set(drivername="sqlite+pysqlite", database=path)
+        else:
+            self.url = sa_url.set(drivername="postgresql+psycopg")
         self.schema = schema
         self.retry_timeout = retry_timeout
         self.pool_size = pool_size
@@ -153,16 +225,25 @@ class Database:
             if self._engine is not None and self._given is None:
                 # inherited across fork: drop the parent's sockets untouched
                 self._engine.dispose(close=False)
-            self._engine = self._given or create_engine(
-                self.url,
-                pool_size=self.pool_size,
-                max_overflow=50,
-                pool_recycle=3600,
-                pool_reset_on_return=None,
-                connect_args={"autocommit": True},
-            )
+            self._engine = self._given or self._create_engine(pool_size=self.pool_size,
+                                                              max_overflow=50)  # fmt: skip
             self._pid = os.getpid()
         return self._engine
+
+    def _create_engine(self, **pool: Any) -> Engine:
+        if not self.sqlite:
+            return create_engine(
+                self.url, pool_recycle=3600, pool_reset_on_return=None,
+                connect_args={"autocommit": True}, **pool,
+            )  # fmt: skip
+        engine = create_engine(
+            self.url, pool_reset_on_return=None, paramstyle="named",
+            # isolation_level None: autocommit; transactions are begun explicitly
+            connect_args={"check_same_thread": False, "isolation_level": None, "timeout": 5.0},
+            **pool,
+        )  # fmt: skip
+        event.listen(engine, "connect", _sqlite_connect)
+        return engine
 
     def dispose(self) -> None:
         """Close the pool this object created (never a caller's engine)."""
@@ -177,7 +258,7 @@ class Database:
             return got
         c = stmt.compile(
             dialect=self.engine.dialect,
-            schema_translate_map={None: self.schema},
+            schema_translate_map={None: None if self.sqlite else self.schema},
             render_schema_translate=True,
             compile_kwargs={"render_postcompile": True},
         )
@@ -187,7 +268,7 @@ class Database:
             self._sql[key] = made
         return made
 
-    def _attempt(self, body: Callable[[psycopg.Connection[Any]], T]) -> T:
+    def _attempt(self, body: Callable[[DBAPIConnection], T]) -> T:
         if not self._migrated and self.auto_migrate:
             self.migrate()
         deadline = time.monotonic() + self.retry_timeout
@@ -195,28 +276,37 @@ class Database:
         while True:
             try:
                 raw = self.engine.raw_connection()
-            except (DBAPIError, psycopg.OperationalError) as exc:  # the pool does not wrap
-                cause: BaseException = exc
+            except (DBAPIError, psycopg.OperationalError, sqlite3.OperationalError) as exc:
+                cause: BaseException = exc  # the pool does not wrap
+                if not _transient(getattr(exc, "orig", None) or exc):
+                    raise
             else:
-                conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
-                given = self._given is not None and not conn.autocommit
+                conn: DBAPIConnection = raw.driver_connection  # type: ignore[assignment]
+                given = self._given is not None and not conn.autocommit  # type: ignore[union-attr]
                 try:
                     if given:
-                        conn.autocommit = True
+                        conn.autocommit = True  # type: ignore[union-attr]
                     return body(conn)
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, sqlite3.OperationalError) as exc:
+                    if not _transient(exc):
+                        raise
                     cause = exc
                     raw.invalidate(exc)
                     given = False
                 finally:
-                    if given and not conn.closed:
-                        conn.autocommit = False  # hand the caller's connection back as it was
+                    if given and not conn.closed:  # type: ignore[union-attr]
+                        conn.autocommit = False  # type: ignore[union-attr]  # as it was
                     raw.close()
             if time.monotonic() >= deadline:
                 raise DatabaseUnavailableError(_describe(cause)) from cause
-            log.warning("database connection lost (%s); retrying", _describe(cause))
+            log.warning("database unavailable (%s); retrying", _describe(cause))
             time.sleep(delay)
             delay = min(delay * 2, 1.0)
+
+    def _transaction(self, conn: DBAPIConnection) -> AbstractContextManager[Any]:
+        if isinstance(conn, sqlite3.Connection):
+            return _sqlite_transaction(conn)
+        return conn.transaction()
 
     def now(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(executor, *args)`` in autocommit mode: for one statement,
@@ -226,8 +316,8 @@ class Database:
     def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(executor, *args)`` in one transaction."""
 
-        def body(conn: psycopg.Connection[Any]) -> T:
-            with conn.transaction():
+        def body(conn: DBAPIConnection) -> T:
+            with self._transaction(conn):
                 return fn(Executor(conn, self), *args)
 
         return self._attempt(body)
@@ -237,26 +327,35 @@ class Database:
         """A transaction on a connection of its own (no retries)."""
         raw = self.engine.raw_connection()
         try:
-            conn: psycopg.Connection[Any] = raw.driver_connection  # type: ignore[assignment]
-            conn.autocommit = True
-            with conn.transaction():
+            conn: DBAPIConnection = raw.driver_connection  # type: ignore[assignment]
+            if not self.sqlite:
+                conn.autocommit = True  # type: ignore[union-attr]
+            with self._transaction(conn):
                 yield Executor(conn, self)
         finally:
             raw.close()
 
     def migrate(self) -> None:
         """Apply pending migrations (once per process; safe to race)."""
-        engine = self._given or create_engine(self.url, poolclass=NullPool)
+        if self._given is not None:
+            engine = self._given
+        elif self.sqlite:
+            engine = self._create_engine(poolclass=NullPool)
+            # the migration holds the file's write lock from its first statement
+            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        else:
+            engine = create_engine(self.url, poolclass=NullPool)
+        schema = None if self.sqlite else self.schema
         try:
             deadline = time.monotonic() + self.retry_timeout
             while True:
                 try:
                     with engine.begin() as conn:
-                        migrate(conn.execution_options(schema_translate_map={None: self.schema}),
+                        migrate(conn.execution_options(schema_translate_map={None: schema}),
                                 self.schema)  # fmt: skip
                     break
                 except DBAPIError as exc:
-                    if not isinstance(exc.orig, psycopg.OperationalError):
+                    if not _transient(exc.orig or exc):
                         raise
                     if time.monotonic() >= deadline:
                         raise DatabaseUnavailableError(_describe(exc)) from exc
@@ -275,16 +374,18 @@ def _describe(exc: BaseException) -> str:
 
 def is_conflict(exc: BaseException) -> bool:
     """A unique-key violation: a checkpoint already recorded."""
-    return isinstance(exc, (pg_errors.UniqueViolation, IntegrityError))
+    return isinstance(exc, (pg_errors.UniqueViolation, sqlite3.IntegrityError, IntegrityError))
 
 
 # --- migrations -------------------------------------------------------------
 
 
 def migrate(conn: Connection, schema: str) -> None:
-    """Bring the schema to the latest version under an advisory lock."""
-    conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"dbos_celery:{schema}"))))
-    conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{_quote(schema)}"'))
+    """Bring the schema to the latest version under an advisory lock (SQLite:
+    the write lock its transaction holds already)."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"dbos_celery:{schema}"))))
+        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{_quote(schema)}"'))
     s.schema_version.create(conn, checkfirst=True)
     current = schema_version(conn)
     if current > s.LATEST_VERSION:
@@ -338,6 +439,20 @@ _WORKFLOW_COLS = (
     wf.c.created_at, wf.c.updated_at, wf.c.deadline,
 )  # fmt: skip
 _NCOLS = len(_WORKFLOW_COLS)
+
+
+def _when(value: Any) -> Any:
+    # SQLite keeps times as epoch seconds
+    return datetime.fromtimestamp(value, timezone.utc) if isinstance(value, float) else value
+
+
+def _workflow(r: Any) -> WorkflowRow:
+    return WorkflowRow(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], _when(r[9]), _when(r[10]),
+        _when(r[11]),
+    )  # fmt: skip
+
+
 _WID = bindparam("wid", type_=Text)
 
 
@@ -349,16 +464,12 @@ _HELD = and_(
 )
 
 
-def _seconds(value: Any) -> Any:
-    return func.make_interval(0, 0, 0, 0, 0, 0, value)
-
-
 def _live_worker(executor_col: Any) -> Any:
     w = s.workers
     return exists(
         select(literal(1)).where(
             w.c.id == executor_col,
-            w.c.last_heartbeat > func.now() - _seconds(bindparam("timeout", type_=Float)),
+            w.c.last_heartbeat > s.now() - s.seconds(bindparam("timeout", type_=Float)),
         )
     )
 
@@ -372,9 +483,9 @@ _INSERT_WORKFLOW = (
         inputs=bindparam("inputs", type_=LargeBinary),
         parent_id=bindparam("parent", type_=Text),
         # the earlier of its own timeout and the deadline it inherits (NULLs ignored)
-        deadline=func.least(
-            func.to_timestamp(bindparam("inherit", type_=Float)),
-            func.now() + _seconds(bindparam("timeout", type_=Float)),
+        deadline=s.least(
+            s.from_epoch(bindparam("inherit", type_=Float)),
+            s.now() + s.seconds(bindparam("timeout", type_=Float)),
         ),
     )
     .on_conflict_do_nothing(index_elements=["id"])
@@ -412,7 +523,7 @@ _GET_WORKFLOW = select(*_WORKFLOW_COLS).where(wf.c.id == _WID)
 
 def get_workflow(ex: Executor, workflow_id: str) -> WorkflowRow | None:
     row = ex.first(_GET_WORKFLOW, {"wid": workflow_id})
-    return WorkflowRow(*row) if row is not None else None
+    return _workflow(row) if row is not None else None
 
 
 _GET_STATUS = select(wf.c.status, wf.c.output, wf.c.error).where(wf.c.id == _WID)
@@ -456,13 +567,11 @@ def list_workflows(
         q = q.where(wf.c.created_at < created_before)
     order = wf.c.created_at.desc() if newest_first else wf.c.created_at.asc()
     q = q.order_by(order, wf.c.id).limit(limit).offset(offset)
-    return [WorkflowRow(*r) for r in ex.rows(q, cache=False)]
+    return [_workflow(r) for r in ex.rows(q, cache=False)]
 
 
-_ASYNC_COMMIT = select(func.set_config("synchronous_commit", "off", True).label("x")).cte(
-    "async_commit"
-)
-_CLAIMED = (
+_ASYNC_COMMIT = select(s.async_commit().label("x")).cte("async_commit")
+_CLAIM_UPDATE = (
     update(wf)
     .where(
         wf.c.id == _WID,
@@ -475,12 +584,12 @@ _CLAIMED = (
         status=PENDING,
         executor_id=bindparam("executor", type_=Text),
         reserved_by=None,
-        updated_at=func.now(),
+        updated_at=s.now(),
         recovery_attempts=wf.c.recovery_attempts + case((wf.c.status == PENDING, 1), else_=0),
     )
     .returning(*_WORKFLOW_COLS)
-    .cte("claimed")
 )
+_CLAIMED = _CLAIM_UPDATE.cte("claimed")
 # The claim may commit asynchronously: if Postgres loses it in a crash, the
 # row is back to ENQUEUED (or PENDING under a dead executor), the runner's
 # next checkpoint fails its lease check, and the sweep publishes it again.
@@ -505,10 +614,14 @@ def claim_workflow(
     live process runs it or it has finished: the caller drops the delivery.
     """
     params = {"wid": workflow_id, "executor": executor_id, "timeout": worker_timeout}
+    if ex.sqlite:
+        with ex.atomic():
+            row = ex.first(_CLAIM_UPDATE, params)
+            return None if row is None else (_workflow(row), list_steps(ex, workflow_id))
     rows = ex.rows(_CLAIM, params)
     if not rows:
         return None
-    first = WorkflowRow(*rows[0][:_NCOLS])
+    first = _workflow(rows[0])
     steps = [StepRow(*r[_NCOLS:]) for r in rows if r[_NCOLS] is not None]
     return first, steps
 
@@ -520,7 +633,7 @@ _FINISH = (
         status=bindparam("status", type_=Text),
         output=bindparam("output", type_=LargeBinary),
         error=bindparam("error", type_=LargeBinary),
-        updated_at=func.now(),
+        updated_at=s.now(),
     )
     .returning(wf.c.parent_id)
 )
@@ -553,7 +666,7 @@ def finish_workflow_parent(
     return None if row is None else (row[0],)
 
 
-_RELEASE = update(wf).where(_HELD).values(status=ENQUEUED, executor_id=None, updated_at=func.now())
+_RELEASE = update(wf).where(_HELD).values(status=ENQUEUED, executor_id=None, updated_at=s.now())
 
 
 def release_workflow(ex: Executor, workflow_id: str, executor_id: str) -> bool:
@@ -626,7 +739,7 @@ _INSERT_MESSAGE = (
     )
     .returning(msg.c.id, _DEST_STATUS)
 )
-_KEY = (
+_KEY_INSERT = (
     pg_insert(s.send_keys)
     .from_select(
         ["destination_id", "idempotency_key"],
@@ -634,8 +747,8 @@ _KEY = (
     )
     .on_conflict_do_nothing()
     .returning(s.send_keys.c.destination_id)
-    .cte("k")
 )
+_KEY = _KEY_INSERT.cte("k")
 _INSERT_KEYED_MESSAGE = (
     insert(msg)
     .from_select(
@@ -659,8 +772,13 @@ def insert_message(
     caller tells the two apart with workflow_exists."""
     params = {"dest": destination_id, "dest2": destination_id, "topic": topic,
               "payload": payload, "key": idempotency_key}  # fmt: skip
-    stmt = _INSERT_MESSAGE if idempotency_key is None else _INSERT_KEYED_MESSAGE
-    row = ex.first(stmt, params)
+    if ex.sqlite and idempotency_key is not None:
+        with ex.atomic():
+            stored = ex.first(_KEY_INSERT, params) is not None
+            row = ex.first(_INSERT_MESSAGE, params) if stored else None
+    else:
+        stmt = _INSERT_MESSAGE if idempotency_key is None else _INSERT_KEYED_MESSAGE
+        row = ex.first(stmt, params)
     return None if row is None else str(row[1] or "")
 
 
@@ -672,7 +790,14 @@ _OLDEST = (
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
-_TAKEN = delete(msg).where(msg.c.id == _OLDEST).returning(msg.c.payload).cte("taken")
+_TAKE = delete(msg).where(msg.c.id == _OLDEST).returning(msg.c.payload)
+_TAKEN = _TAKE.cte("taken")
+_RECV_CHECKPOINT = insert(st).values(
+    workflow_id=bindparam("wid2", type_=Text),
+    seq=bindparam("seq", type_=Integer),
+    name=bindparam("name", type_=Text),
+    output=bindparam("payload", type_=LargeBinary),
+)
 _CONSUME = (
     insert(st)
     .from_select(
@@ -697,7 +822,13 @@ def consume_message(
     message again; any later synchronous commit flushes it first."""
     params = {"wid": workflow_id, "wid2": workflow_id, "topic": topic, "seq": seq,
               "name": step_name}  # fmt: skip
-    row = ex.first(_CONSUME, params)
+    if ex.sqlite:
+        with ex.atomic():
+            row = ex.first(_TAKE, params)
+            if row is not None:
+                ex.count(_RECV_CHECKPOINT, {**params, "payload": row[0]})
+    else:
+        row = ex.first(_CONSUME, params)
     return (row[0],) if row is not None else None
 
 
@@ -706,7 +837,7 @@ _UPSERT_EVENT = pg_insert(s.events).values(
 )
 _UPSERT_EVENT = _UPSERT_EVENT.on_conflict_do_update(
     index_elements=["workflow_id", "key"],
-    set_={"value": _UPSERT_EVENT.excluded.value, "updated_at": func.now()},
+    set_={"value": _UPSERT_EVENT.excluded.value, "updated_at": s.now()},
 )
 
 
@@ -735,7 +866,7 @@ _SEP = "\x1f"  # wakeup.SEP
 def _awaited_ready(w: Any) -> Any:
     """True when what the parked row ``w`` waits for exists: an unconsumed
     message ("m"), an event ("e"), a final outcome of a workflow ("d")."""
-    target = func.split_part(w.c.waiting_for, _SEP, 2)
+    target = s.middle_field(w.c.waiting_for, _SEP)
     other = wf.alias("awaited")
     ev = s.events
     return or_(
@@ -767,7 +898,7 @@ _WAKE_VALUES = {
     "waiting_for": None,
     "reserved_by": None,
     "publish_count": 0,
-    "updated_at": func.now(),
+    "updated_at": s.now(),
 }
 _PARK = (
     update(wf)
@@ -776,9 +907,9 @@ _PARK = (
         status=WAITING,
         executor_id=None,
         reserved_by=None,
-        wake_at=func.to_timestamp(bindparam("wake_at", type_=Float)),
+        wake_at=s.from_epoch(bindparam("wake_at", type_=Float)),
         waiting_for=bindparam("waiting_for", type_=Text),
-        updated_at=func.now(),
+        updated_at=s.now(),
     )
     .returning(_awaited_ready(wf))
 )
@@ -818,16 +949,39 @@ _HEARTBEAT = pg_insert(s.workers).values(
     pid=bindparam("pid", type_=Integer),
 )
 _HEARTBEAT = _HEARTBEAT.on_conflict_do_update(
-    index_elements=["id"], set_={"last_heartbeat": func.now()}
+    index_elements=["id"], set_={"last_heartbeat": s.now()}
 )
 _RESERVE = (
     update(wf)
-    .where(wf.c.id == any_(bindparam("ids", type_=ARRAY(Text))), wf.c.status == ENQUEUED)
+    .where(s.in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))), wf.c.status == ENQUEUED)
     .values(reserved_by=bindparam("worker", type_=Text))
 )
 
 
+# SQLite serves one machine: a worker of another host beat within this window
+SHARED_FILE_WINDOW = 60.0
+_OTHER_HOST = (
+    select(s.workers.c.hostname)
+    .where(
+        s.workers.c.hostname != bindparam("hostname", type_=Text),
+        s.workers.c.last_heartbeat > s.now() - s.seconds(bindparam("window", type_=Float)),
+    )
+    .limit(1)
+)
+
+
 def heartbeat(ex: Executor, worker_id: str, hostname: str, pid: int, reserved: list[str]) -> None:
+    """Beat for ``worker_id``. On SQLite, refuses (ConfigurationError) when a
+    worker of another host beat within SHARED_FILE_WINDOW: one file shared
+    by two machines (a network filesystem) has no safe locking."""
+    if ex.sqlite:
+        other = ex.first(_OTHER_HOST, {"hostname": hostname, "window": SHARED_FILE_WINDOW})
+        if other is not None:
+            raise ConfigurationError(
+                f"this SQLite database is used by workers on {other[0]!r} and {hostname!r}: "
+                "SQLite serves one machine; use Postgres (database_url='postgresql://...') "
+                "for several"
+            )
     ex.count(_HEARTBEAT, {"worker": worker_id, "hostname": hostname, "pid": pid})
     if reserved:
         ex.count(_RESERVE, {"ids": reserved, "worker": worker_id})
@@ -847,15 +1001,15 @@ class Recovered:
     status: str
 
 
-_SWEEP_LOCK = select(func.pg_try_advisory_xact_lock(func.hashtext(bindparam("lock", type_=Text))))
+_SWEEP_LOCK = select(s.try_lock(bindparam("lock", type_=Text)))
 # a timeout: children inherit the deadline, so they expire in the same pass
 _CANCEL_EXPIRED = (
     update(wf)
     .where(
         or_(wf.c.status == ENQUEUED, wf.c.status == PENDING, wf.c.status == WAITING),
-        wf.c.deadline <= func.now(),
+        wf.c.deadline <= s.now(),
     )
-    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=func.now())
+    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=s.now())
     .returning(wf.c.id, wf.c.name, wf.c.status)
 )
 _ATTEMPTS = wf.c.recovery_attempts + 1
@@ -870,38 +1024,34 @@ _RECOVER_DEAD = (
         executor_id=None,
         recovery_attempts=_ATTEMPTS,
         publish_count=0,
-        updated_at=func.now(),
+        updated_at=s.now(),
     )
     .returning(wf.c.id, wf.c.name, wf.c.status)
 )
 _RECOVER_PREFETCHED = (
     update(wf)
     .where(wf.c.status == ENQUEUED, wf.c.reserved_by.is_not(None), ~_live_worker(wf.c.reserved_by))
-    .values(reserved_by=None, updated_at=func.now())
+    .values(reserved_by=None, updated_at=s.now())
     .returning(wf.c.id, wf.c.name, wf.c.status)
 )
-_BACKOFF = _seconds(
-    bindparam("grace", type_=Float) * func.power(2, func.least(wf.c.publish_count, 10))
-)
+_BACKOFF = s.seconds(bindparam("grace", type_=Float) * s.pow2(s.least(wf.c.publish_count, 10)))
 _REPUBLISH_UNRECEIVED = (
     update(wf)
     .where(
         wf.c.status == ENQUEUED,
         wf.c.reserved_by.is_(None),
-        wf.c.updated_at < func.now() - _BACKOFF,
+        wf.c.updated_at < s.now() - _BACKOFF,
     )
-    .values(publish_count=wf.c.publish_count + 1, updated_at=func.now())
+    .values(publish_count=wf.c.publish_count + 1, updated_at=s.now())
     .returning(wf.c.id, wf.c.name, wf.c.status)
 )
 _WAKE_DUE = (
     update(wf)
-    .where(wf.c.status == WAITING, or_(wf.c.wake_at <= func.now(), _awaited_ready(wf)))
+    .where(wf.c.status == WAITING, or_(wf.c.wake_at <= s.now(), _awaited_ready(wf)))
     .values(**_WAKE_VALUES)
     .returning(wf.c.id, wf.c.name, literal(WOKEN, Text))
 )
-_FORGET_WORKERS = delete(s.workers).where(
-    s.workers.c.last_heartbeat < func.now() - text("interval '1 day'")
-)
+_FORGET_WORKERS = delete(s.workers).where(s.workers.c.last_heartbeat < s.now() - s.seconds(86400.0))
 
 
 def sweep(
@@ -960,7 +1110,7 @@ def lease_state(ex: Executor, workflow_id: str) -> tuple[str, str | None] | None
 _CANCEL = (
     update(wf)
     .where(wf.c.id == _WID, _status_in(LIVE_STATUSES))
-    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=func.now())
+    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=s.now())
     .returning(wf.c.id)
 )
 
@@ -977,13 +1127,13 @@ _EXPIRE_OWN = (
     .where(
         _HELD,
     )
-    .values(status=CANCELLED, updated_at=func.now())
+    .values(status=CANCELLED, updated_at=s.now())
     .returning(wf.c.id)
 )
 _CANCEL_CHILDREN = (
     update(wf)
     .where(wf.c.parent_id == _WID, _status_in(LIVE_STATUSES))
-    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=func.now())
+    .values(status=CANCELLED, wake_at=None, waiting_for=None, updated_at=s.now())
     .returning(wf.c.id)
 )
 
@@ -1009,7 +1159,7 @@ _RESUME = (
         recovery_attempts=0,
         publish_count=0,
         deadline=None,
-        updated_at=func.now(),
+        updated_at=s.now(),
     )
     .returning(wf.c.name)
 )
@@ -1060,7 +1210,7 @@ def fork_workflow(ex: Executor, source_id: str, new_id: str, from_step: int) -> 
 
 
 _NOT_RUNNING_HERE = select(wf.c.id).where(
-    wf.c.id == any_(bindparam("ids", type_=ARRAY(Text))),
+    s.in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))),
     or_(
         wf.c.status != PENDING,
         wf.c.executor_id.is_distinct_from(bindparam("executor", type_=Text)),
@@ -1106,7 +1256,7 @@ _CALL_ROWS = (
         st.c.name,
         st.c.output,
         st.c.error,
-        func.extract("epoch", func.now() - st.c.created_at),
+        s.age_seconds(st.c.created_at),
     )
     .where(
         st.c.workflow_id == _WID,
@@ -1178,8 +1328,8 @@ def insert_call_outcome(
 
 
 _LIVE_WORKERS = select(s.workers.c.id).where(
-    s.workers.c.id == any_(bindparam("ids", type_=ARRAY(Text))),
-    s.workers.c.last_heartbeat > func.now() - _seconds(bindparam("timeout", type_=Float)),
+    s.in_list(s.workers.c.id, bindparam("ids", type_=ARRAY(Text))),
+    s.workers.c.last_heartbeat > s.now() - s.seconds(bindparam("timeout", type_=Float)),
 )
 
 

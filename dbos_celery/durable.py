@@ -35,10 +35,16 @@ R = TypeVar("R")
 log = logging.getLogger("dbos_celery")
 
 
+# the embedded default: a SQLite file in the working directory
+DEFAULT_DATABASE_URL = "sqlite:///dbos_celery.sqlite"
+
+
 class Durable:
     """Durable workflows for one Celery app.
 
-    ``database_url`` (or a caller's ``engine``) is the source of truth;
+    ``database_url`` (or a caller's ``engine``) is the source of truth:
+    Postgres in production; with none given, ``DBOS_CELERY_DATABASE_URL``
+    or else a SQLite file in the working directory (one machine only).
     ``redis_url`` carries wakeup hints (None: in-process wakeups plus polling
     every ``poll_interval`` seconds).
     """
@@ -73,11 +79,9 @@ class Durable:
             database_retry_timeout=database_retry_timeout,
             max_recovery_attempts=max_recovery_attempts, max_message_bytes=max_message_bytes,
         )  # fmt: skip
-        database_url = database_url or os.environ.get("DBOS_CELERY_DATABASE_URL")
-        if database_url is None and engine is None:
-            raise ConfigurationError(
-                "no database: pass Durable(app, database_url='postgresql://...') "
-                "or set DBOS_CELERY_DATABASE_URL"
+        if engine is None:
+            database_url = (
+                database_url or os.environ.get("DBOS_CELERY_DATABASE_URL") or DEFAULT_DATABASE_URL
             )
         if heartbeat_interval <= 0 or worker_timeout <= heartbeat_interval:
             raise ConfigurationError("worker_timeout must exceed heartbeat_interval (> 0)")

@@ -40,14 +40,28 @@ def services() -> None:
 
 
 @pytest.fixture
-def env(services: None) -> Iterator[Env]:
-    """A fresh schema (with a ledger table for side effects) and queue."""
-    e = Env(schema=f"t_{uuid.uuid4().hex[:12]}")
+def env(services: None, request: pytest.FixtureRequest) -> Iterator[Env]:
+    """A fresh schema (with a ledger table for side effects) and queue; a
+    fresh SQLite file instead when parametrized indirectly with "sqlite"
+    (see tests.support.BACKENDS)."""
+    e = Env(schema=f"t_{uuid.uuid4().hex[:12]}", backend=getattr(request, "param", "postgres"))
     e.create()
     try:
         yield e
     finally:
         e.close()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``backends`` run on both; DBOS_TEST_BACKEND=sqlite runs
+    every test that takes an `env` on SQLite only (a developer's check)."""
+    if "env" not in metafunc.fixturenames:
+        return
+    only = os.environ.get("DBOS_TEST_BACKEND")
+    if only:
+        metafunc.parametrize("env", [only], indirect=True)
+    elif metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("env", ["postgres", "sqlite"], indirect=True)
 
 
 @pytest.fixture

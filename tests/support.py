@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import psycopg
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE_URL = os.environ.get("DBOS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -21,15 +23,47 @@ REDIS_URL = os.environ.get("DBOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 BROKER_URL = os.environ.get("DBOS_TEST_BROKER_URL", "redis://127.0.0.1:6379/1")
 
 
+SQLITE_DIR = Path("/tmp/dbos_celery_tests")
+
+# a test (or module: pytestmark = BACKENDS) whose guarantees hold on both
+# backends runs on both: its `env` is parametrized (tests/conftest.py)
+BACKENDS = pytest.mark.backends
+
+
+def run_sql(url: str, schema: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    """Run a test's query on either backend. Queries name tables as
+    ``{schema}.table`` and take ``%s`` parameters; on SQLite (one file per
+    test, no schemas) both are translated."""
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1]
+        conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            cur = conn.execute(query.replace("{schema}.", "").replace("%s", "?"), params)
+            return cur.fetchall() if cur.description else []
+        finally:
+            conn.close()
+    with psycopg.connect(url, autocommit=True) as pg:
+        cur = pg.execute(query.replace("{schema}", f'"{schema}"'), params)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
 @dataclass
 class Env:
-    """Everything one test needs to be independent of the others."""
+    """Everything one test needs to be independent of the others: a fresh
+    Postgres schema, or (backend "sqlite") a fresh SQLite file."""
 
     schema: str
     database_url: str = DATABASE_URL
     redis_url: str | None = REDIS_URL
     broker_url: str = BROKER_URL
     extra: dict[str, str] = field(default_factory=dict)
+    backend: str = "postgres"
+
+    def __post_init__(self) -> None:
+        if self.backend == "sqlite":
+            SQLITE_DIR.mkdir(parents=True, exist_ok=True)
+            self.database_url = f"sqlite:///{SQLITE_DIR / self.schema}.sqlite"
+        _DATABASES[self.schema] = self.database_url
 
     @property
     def queue(self) -> str:
@@ -47,11 +81,18 @@ class Env:
         }
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            cur = conn.execute(query.replace("{schema}", f'"{self.schema}"'), params)
-            return cur.fetchall() if cur.description else []
+        return run_sql(self.database_url, self.schema, query, *params)
 
     def create(self) -> None:
+        if self.backend == "sqlite":
+            self.close()
+            self.sql("PRAGMA journal_mode=WAL")
+            self.sql(
+                "CREATE TABLE ledger (id integer primary key autoincrement, "
+                "workflow_id text, what text, at real default "
+                "((julianday('now') - 2440587.5) * 86400.0))"
+            )
+            return
         self.sql('CREATE SCHEMA "{s}"'.replace("{s}", self.schema))
         self.sql(
             "CREATE TABLE {schema}.ledger (id bigserial primary key, "
@@ -60,6 +101,11 @@ class Env:
         )
 
     def close(self) -> None:
+        if self.backend == "sqlite":
+            path = self.database_url.split(":///", 1)[1]
+            for suffix in ("", "-wal", "-shm"):
+                Path(path + suffix).unlink(missing_ok=True)
+            return
         self.sql(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
 
     def ledger(self, workflow_id: str | None = None) -> list[str]:
@@ -71,14 +117,22 @@ class Env:
         return [r[0] for r in rows]
 
 
+# the database of each test's schema, in the test process
+_DATABASES: dict[str, str] = {}
+
+
+def _test_sql(schema: str, query: str, *params: Any) -> list[tuple[Any, ...]]:
+    # in a worker or app process: the database of the test that started it
+    url = _DATABASES.get(schema) or os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
+    return run_sql(url, schema, query, *params)
+
+
 def write_ledger(env_schema: str, workflow_id: str, what: str) -> None:
     """Record a side effect (called from steps inside workers)."""
-    url = os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            f'INSERT INTO "{env_schema}".ledger (workflow_id, what) VALUES (%s, %s)',
-            (workflow_id, what),
-        )
+    _test_sql(
+        env_schema, "INSERT INTO {schema}.ledger (workflow_id, what) VALUES (%s, %s)",
+        workflow_id, what,
+    )  # fmt: skip
 
 
 class WorkerProcess:
@@ -208,27 +262,20 @@ def open_gate(schema: str, workflow_id: str, what: str) -> None:
 
 def wait_gate(schema: str, workflow_id: str, what: str, timeout: float = 60.0) -> None:
     """In a step: block until the test opens the gate ``what``."""
-    url = os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
     deadline = time.monotonic() + timeout
-    with psycopg.connect(url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            if conn.execute(
-                f'SELECT 1 FROM "{schema}".ledger WHERE workflow_id = %s AND what = %s',
-                (workflow_id, f"open:{what}"),
-            ).fetchone():
-                return
-            time.sleep(0.02)
+    while time.monotonic() < deadline:
+        if ledger_count(schema, workflow_id, f"open:{what}"):
+            return
+        time.sleep(0.02)
     raise TimeoutError(f"gate {what!r} of {workflow_id!r} was never opened")
 
 
 def ledger_count(schema: str, workflow_id: str, what: str) -> int:
-    url = os.environ.get("DBOS_TEST_DATABASE_URL", DATABASE_URL)
-    with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute(
-            f'SELECT count(*) FROM "{schema}".ledger WHERE workflow_id = %s AND what = %s',
-            (workflow_id, what),
-        ).fetchone()
-    return int(row[0]) if row else 0
+    rows = _test_sql(
+        schema, "SELECT count(*) FROM {schema}.ledger WHERE workflow_id = %s AND what = %s",
+        workflow_id, what,
+    )  # fmt: skip
+    return int(rows[0][0])
 
 
 def start_worker(

@@ -92,7 +92,7 @@ NOT_A_NUMBER: list[Any] = ["1", None, math.nan, math.inf]
 OPTION_CASES: list[tuple[str, dict[str, Any]]] = [
     ("database_url_int", {"database_url": 5}),
     ("database_url_unparsable", {"database_url": "not a url"}),
-    ("database_url_sqlite", {"database_url": "sqlite:///x.db"}),
+    ("database_url_sqlite_memory", {"database_url": "sqlite:///:memory:"}),
     ("engine_str", {"engine": "postgresql://"}),
     ("redis_url_int", {"redis_url": 6379}),
     ("schema_int", {"schema": 5}),

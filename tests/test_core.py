@@ -24,7 +24,9 @@ from dbos_celery import (
 from dbos_celery import database as db
 from dbos_celery.workflow import execute
 from tests.apps.core import OrderRejected, build, open_gate
-from tests.support import Env, WorkerProcess, start_worker, wait_for
+from tests.support import BACKENDS, Env, WorkerProcess, start_worker, wait_for
+
+pytestmark = BACKENDS
 
 FIVE = ["step1", "step2", "step3", "step4", "step5"]
 

@@ -36,7 +36,9 @@ from dbos_celery import (
 from dbos_celery import database as db
 from dbos_celery.workflow import execute
 from tests.apps.messaging import build
-from tests.support import REDIS_URL, Env, WorkerProcess, start_worker, wait_for
+from tests.support import BACKENDS, REDIS_URL, Env, WorkerProcess, start_worker, wait_for
+
+pytestmark = BACKENDS
 
 APP = "tests.apps.messaging"
 

@@ -14,7 +14,9 @@ import redis
 from dbos_celery import NonDeterministicWorkflowError, WorkflowFailedError
 from dbos_celery import database as db
 from tests.apps.core import build, open_gate
-from tests.support import Env, WorkerProcess, start_worker, wait_for
+from tests.support import BACKENDS, Env, WorkerProcess, start_worker, wait_for
+
+pytestmark = BACKENDS
 
 FIVE = ["step1", "step2", "step3", "step4", "step5"]
 

@@ -22,9 +22,14 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-import psycopg
-
-from tests.support import DATABASE_URL, app_from_env, ledger_count, wait_gate, write_ledger
+from tests.support import (
+    DATABASE_URL,
+    app_from_env,
+    ledger_count,
+    run_sql,
+    wait_gate,
+    write_ledger,
+)
 
 
 class TaskRejected(Exception):
@@ -76,13 +81,12 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
     @durable.step(name="calls.settled")
     def settled(workflow_id: str) -> int:
         """How many call outcomes of the workflow are recorded now."""
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute(
-                f'SELECT count(*) FROM "{schema}".steps WHERE workflow_id = %s '
-                "AND name LIKE 'durable.call:%%'",
-                (workflow_id,),
-            ).fetchone()
-        return int(row[0]) if row else 0
+        rows = run_sql(
+            url, schema,
+            "SELECT count(*) FROM {schema}.steps WHERE workflow_id = %s AND name LIKE %s",
+            workflow_id, "durable.call:%",
+        )  # fmt: skip
+        return int(rows[0][0])
 
     @durable.workflow(name="calls.three")
     def three() -> list[str]:
