@@ -27,6 +27,18 @@ is sent again, always with the same id, when no outcome is recorded and
   with exponential backoff.
 
 So a task runs at least once, and more than once only after such a loss.
+
+A wait longer than ``park_after`` (counted from the dispatch) parks the
+workflow on the key ``t<SEP>{workflow_id}<SEP>`` (``outcome_key``): it is
+ready when every dispatch record of the workflow has its outcome (a
+workflow passes a call only once its outcome exists, so those without one
+are the calls it waits for; a gather parks once, for all of them). The
+worker that writes an outcome wakes the workflow when it is ready (the
+recovery sweep also does). Its wake time keeps the re-dispatch rules: the
+next re-send of a call not started, or ``call_redispatch_after`` from now
+to look at the liveness of a worker running one; the woken run replays,
+sends what is due (resuming the backoff from the dispatch record's age)
+and parks again at once.
 """
 
 from __future__ import annotations
@@ -256,9 +268,12 @@ def _dispatch_and_wait(
             for p in new:
                 d.calls.send(ctx, p, None)
         if not replayed_:  # nothing can be recorded before the first wakeup
-            waiter.wait(cancellation.bound(ctx, d.poll_interval))
+            first_wait = d.poll_interval if d.park_after is None else d.park_after
+            waiter.wait(cancellation.bound(ctx, min(d.poll_interval, first_wait)))
             cancellation.check(d, ctx)
         next_check = 0.0
+        parks_at: float | None = None
+        first = True
         while True:
             rows = {r.seq: r for r in d.db.now(db.call_rows, wid, lo, hi)}
             now = time.monotonic()
@@ -271,7 +286,7 @@ def _dispatch_and_wait(
                 record = rows.get(p.seq + 1)
                 if record is not None and _read_record(d, p, record.output):
                     if p.next_send is None:  # replayed: counted from the dispatch
-                        p.next_send = now - record.age + p.backoff
+                        p.next_send, p.backoff = _resumed(record.age, p.backoff, now)
                 still.append(p)
             waiting = still
             if not waiting:
@@ -279,8 +294,50 @@ def _dispatch_and_wait(
             if now >= next_check:
                 d.calls.send_lost(ctx, waiting, now)
                 next_check = now + d.poll_interval
-            waiter.wait(cancellation.bound(ctx, d.poll_interval))
+            if first:  # the wait parks park_after seconds after the dispatch
+                first = False
+                ages = [rows[p.seq + 1].age for p in waiting if p.seq + 1 in rows]
+                if d.park_after is not None:
+                    parks_at = now + max(0.0, d.park_after - max(ages, default=0.0))
+            wake_at = _check_at(d, waiting, now)
+            if cancellation.should_park(d, parks_at, wake_at - time.time()):
+                # raises unless every outcome is written by now
+                cancellation.park(d, ctx, outcome_key(wid), wake_at)
+                parks_at = cancellation.parks_at(d)
+                continue  # all settled meanwhile: read them
+            wait = d.poll_interval
+            if parks_at is not None:
+                wait = max(0.0, min(wait, parks_at - time.monotonic()))
+            waiter.wait(cancellation.bound(ctx, wait))
             cancellation.check(d, ctx)
+
+
+def _resumed(age: float, base: float, now: float) -> tuple[float, float]:
+    """(next send, backoff) of a replayed call not started ``age`` seconds
+    after its dispatch. One run sends it again at ``(2**n - 1) * base``
+    seconds (n = 1, 2, ...: the backoff doubles at each send); a replay
+    resumes that schedule, so a call wait that parks and wakes for each
+    re-send keeps the exponential backoff. Past a due send: now."""
+    if age < base:
+        return now - age + base, base
+    backoff = base
+    while backoff < 1800.0 and (4 * backoff - base) <= age:
+        backoff *= 2  # the send due at (2 * backoff - base) has come too
+    return now, backoff
+
+
+def _check_at(d: Durable, waiting: list[_Pending], now: float) -> float:
+    """The epoch time by which a parked call wait must run again to keep the
+    re-dispatch rules: the earliest time a call not started yet is due to be
+    sent again, or, for a call a worker started, ``call_redispatch_after``
+    from now (to see whether that worker is still alive)."""
+    soonest = min(
+        now + d.calls.redispatch_after
+        if p.started_by and p.started_by not in p.given_up
+        else (p.next_send if p.next_send is not None else now + p.backoff)
+        for p in waiting
+    )
+    return time.time() + (soonest - now)
 
 
 @dataclass(frozen=True)
@@ -448,6 +505,19 @@ class Calls:
             return
         if written:
             d.notifier.notify(outcome_key(workflow_id))
+            self._wake_parked(workflow_id)
+
+    def _wake_parked(self, workflow_id: str) -> None:
+        """Best effort, after an outcome committed: publish the workflow if it
+        is parked on its calls and all of them are settled now (the sweep
+        wakes it if this fails or runs before the park committed)."""
+        d = self.durable
+        try:
+            for wid, name in d.db.now(db.wake_if_ready, workflow_id):
+                d.publish(wid, name)
+        except Exception as exc:
+            log.warning("could not wake workflow %s parked on its calls (%s); the sweep will",
+                        workflow_id, exc, extra={"workflow_id": workflow_id})  # fmt: skip
 
     def _write_later(
         self, call_: tuple[str, int], output: bytes | None, error: bytes | None
@@ -462,6 +532,7 @@ class Calls:
                 continue
             if written:
                 self.durable.notifier.notify(outcome_key(call_[0]))
+                self._wake_parked(call_[0])
             return
 
 

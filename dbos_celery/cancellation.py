@@ -162,6 +162,16 @@ def park(d: Durable, ctx: WorkflowContext, waiting_for: str, wake_at: float | No
         return
     log.debug("workflow %s parked, waiting for %r", ctx.workflow_id, waiting_for,
              extra={"workflow_id": ctx.workflow_id})  # fmt: skip
+    # What it waits for may have committed after the park read it but before
+    # the park committed: its sender then saw the row not parked yet and woke
+    # nothing. Look once more now that the park is visible (else only the
+    # sweep would wake it).
+    try:
+        for wid, name in d.db.now(db.wake_if_ready, ctx.workflow_id):
+            d.publish(wid, name)
+    except Exception as exc:  # the sweep is the guarantee
+        log.warning("could not re-check parked workflow %s (%s); the sweep will",
+                    ctx.workflow_id, exc, extra={"workflow_id": ctx.workflow_id})  # fmt: skip
     raise _Parked
 
 

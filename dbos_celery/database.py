@@ -889,6 +889,34 @@ def _awaited_ready(w: Any) -> Any:
                 or_(*(other.c.status == x for x in FINAL_STATUSES)),
             )
         ),
+        _calls_settled(w),
+    )
+
+
+_CALL_DISPATCH = "durable.dispatch:"  # DISPATCH_PREFIX (Celery task calls, below)
+
+
+def _calls_settled(w: Any) -> Any:
+    """True when the parked row ``w`` waits for its durable.call outcomes
+    ("t") and every call it dispatched has its outcome: a dispatch record
+    (seq + 1) with a step at seq. A workflow passes a call only once its
+    outcome exists, so the calls without one are those it waits for."""
+    dispatched = st.alias("dispatched_call")
+    outcome = st.alias("call_outcome")
+    return and_(
+        literal("t" + _SEP, Text) + w.c.id + _SEP == w.c.waiting_for,
+        ~exists(
+            select(literal(1)).where(
+                dispatched.c.workflow_id == w.c.id,
+                dispatched.c.name.startswith(_CALL_DISPATCH, autoescape=True),
+                ~exists(
+                    select(literal(1)).where(
+                        outcome.c.workflow_id == dispatched.c.workflow_id,
+                        outcome.c.seq == dispatched.c.seq - 1,
+                    )
+                ),
+            )
+        ),
     )
 
 
@@ -939,6 +967,20 @@ def wake_waiting(ex: Executor, waiting_for: str) -> list[tuple[str, str]]:
     """WAITING workflows parked on ``waiting_for`` -> ENQUEUED; (id, name)
     of each, to publish."""
     return [(r[0], r[1]) for r in ex.rows(_WAKE, {"key": waiting_for})]
+
+
+_WAKE_READY = (
+    update(wf)
+    .where(wf.c.id == bindparam("wid", type_=Text), wf.c.status == WAITING, _awaited_ready(wf))
+    .values(**_WAKE_VALUES)
+    .returning(wf.c.id, wf.c.name)
+)
+
+
+def wake_if_ready(ex: Executor, workflow_id: str) -> list[tuple[str, str]]:
+    """The workflow, if parked and what it waits for exists now (e.g. all
+    its durable.call outcomes) -> ENQUEUED; its (id, name) to publish."""
+    return [(r[0], r[1]) for r in ex.rows(_WAKE_READY, {"wid": workflow_id})]
 
 
 # --- workers and recovery ---------------------------------------------------
@@ -1234,7 +1276,7 @@ def not_running_here(ex: Executor, workflow_ids: list[str], executor_id: str) ->
 # where the dispatch record exists, and only once.
 
 CALL_PREFIX = "durable.call:"
-DISPATCH_PREFIX = "durable.dispatch:"
+DISPATCH_PREFIX = _CALL_DISPATCH
 _DISPATCHED = st.alias("dispatched")
 _DSEQ = bindparam("dseq", type_=Integer)
 

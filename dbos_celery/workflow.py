@@ -22,6 +22,7 @@ from . import database as db
 from .context import WorkflowContext
 from .errors import (
     ConflictingWorkflowIdError,
+    DatabaseUnavailableError,
     LeaseLostError,
     NonExistentWorkflowError,
     ResultTimeoutError,
@@ -29,17 +30,20 @@ from .errors import (
     WorkflowFailedError,
     WorkflowNotRegisteredError,
 )
-from .step import checkpointed, record, replayed, write_checkpoint
+from .step import checkpointed, durable_deadline, record, replayed, write_checkpoint
 from .validation import check_id, check_timeout
 
 if TYPE_CHECKING:
     from celery import Task
 
     from .durable import Durable
+    from .recovery import ProcessRuntime
 
 P = ParamSpec("P")
 R = TypeVar("R")
 log = logging.getLogger("dbos_celery")
+RESULT = "durable.result"
+DEADLINE = "durable.deadline"  # as recv's (messaging.DEADLINE)
 
 
 @dataclass(frozen=True)
@@ -104,41 +108,52 @@ class WorkflowHandle(Generic[R]):
 
     def result(self, timeout: float | None = None) -> R:
         """The workflow's output, or its error raised. Inside a workflow the
-        outcome is checkpointed, so a replay does not wait again."""
+        outcome is checkpointed, so a replay does not wait again, and so is
+        the deadline of ``timeout`` (a replay waits only for the time that
+        was left; a timeout is recorded and raised again on replay)."""
         check_timeout(timeout, allow_none=True)
         ctx = context.current()
         if ctx is None or ctx.in_step:
             return self._wait(timeout)
         seq = ctx.next_seq()
-        name = "durable.result"
-        row = ctx.replay(seq, name)
+        # a second number, for the durable deadline, only with a timeout
+        deadline_seq = None if timeout is None else ctx.next_seq()
+        row = ctx.replay(seq, RESULT)
         if row is not None:
             return replayed(self.durable, row)  # type: ignore[no-any-return]
         ser = self.durable.serializer
         try:
-            out = self._wait(timeout, ctx)
-        except ResultTimeoutError:
-            raise  # not an outcome: nothing to record
-        except Exception as exc:
-            record(self.durable, ctx, seq, name, None, ser.dumps_error(exc))
+            out = self._wait(timeout, ctx, deadline_seq)
+        except DatabaseUnavailableError:
+            raise  # not the child's outcome: the run is handed back and replayed
+        except Exception as exc:  # a ResultTimeoutError too: its deadline is durable
+            record(self.durable, ctx, seq, RESULT, None, ser.dumps_error(exc))
             raise
-        record(self.durable, ctx, seq, name, ser.dumps(out))
+        record(self.durable, ctx, seq, RESULT, ser.dumps(out))
         return out
 
-    def _wait(self, timeout: float | None, ctx: WorkflowContext | None = None) -> R:
+    def _wait(
+        self,
+        timeout: float | None,
+        ctx: WorkflowContext | None = None,
+        deadline_seq: int | None = None,
+    ) -> R:
         """Wait for the outcome; inside a workflow (``ctx``) also stop when
-        that workflow is cancelled or passes its deadline."""
+        that workflow is cancelled or passes its deadline, and park when the
+        wait is long. With ``deadline_seq`` the deadline of ``timeout`` is
+        checkpointed there (epoch time) the first time the wait must wait."""
         d = self.durable
-        deadline = None if timeout is None else time.monotonic() + timeout
+        # monotonic outside a workflow; epoch (durable) inside one
+        clock = time.monotonic if deadline_seq is None else time.time
+        deadline = None if timeout is None else clock() + timeout
         cancellation.check(d, ctx)
         d.notifier.start()
+        k = d.done_key(self.workflow_id)
         with ExitStack() as stack:
-            waiter = stack.enter_context(d.notifier.waiters.register(d.done_key(self.workflow_id)))
+            waiter = stack.enter_context(d.notifier.waiters.register(k))
             if ctx is not None:
                 stack.enter_context(cancellation.watch(d, ctx, waiter))
-            # a wait with a timeout is not durable (a replay waits afresh), so
-            # only an unbounded wait inside a workflow parks
-            parks_at = cancellation.parks_at(d) if ctx is not None and timeout is None else None
+            parks_at = cancellation.parks_at(d) if ctx is not None else None
             while True:
                 got = d.db.now(db.get_status, self.workflow_id)
                 if got is None:
@@ -150,14 +165,19 @@ class WorkflowHandle(Generic[R]):
                     raise d.serializer.loads_error(error)
                 if status in db.FINAL_STATUSES:
                     raise WorkflowFailedError(self.workflow_id, status)
+                if ctx is not None and deadline_seq is not None:
+                    assert timeout is not None
+                    deadline = durable_deadline(d, ctx, deadline_seq, DEADLINE, timeout)
+                    deadline_seq = None  # read or recorded once
                 wait = d.poll_interval
+                remaining = None
                 if deadline is not None:
-                    remaining = deadline - time.monotonic()
+                    remaining = deadline - clock()
                     if remaining <= 0:
                         raise ResultTimeoutError(self.workflow_id, timeout or 0.0)
                     wait = min(wait, remaining)
-                if ctx is not None and cancellation.should_park(d, parks_at, None):
-                    cancellation.park(d, ctx, d.done_key(self.workflow_id), None)  # raises
+                if ctx is not None and cancellation.should_park(d, parks_at, remaining):
+                    cancellation.park(d, ctx, k, deadline)  # raises; epoch in a workflow
                     parks_at = cancellation.parks_at(d)  # finished meanwhile: read it
                     continue
                 if parks_at is not None:

@@ -34,9 +34,14 @@ def ns(env: Env) -> Iterator[SimpleNamespace]:
 
 
 def _start(
-    env: Env, workers: list[WorkerProcess], name: str, park_after: str, **kw: object
+    env: Env,
+    workers: list[WorkerProcess],
+    name: str,
+    park_after: str,
+    extra: dict[str, str] | None = None,
+    **kw: object,
 ) -> WorkerProcess:
-    extra_env = {"DBOS_TEST_PARK_AFTER": park_after}
+    extra_env = {"DBOS_TEST_PARK_AFTER": park_after, **(extra or {})}
     return start_worker(env, workers, APP, name=name, extra_env=extra_env, **kw)
 
 
@@ -108,7 +113,10 @@ def test_two_slots_hold_two_thousand_parked_workflows(
 
 
 def _race(env: Env, workers: list[WorkerProcess], ns: SimpleNamespace, n: int) -> None:
-    w = _start(env, workers, "w", "0.05")
+    # no sweep within the test (its first pass is at start-up; a wait parks
+    # only when it outlasts the sweep interval): only the park / send
+    # handshake may wake them
+    w = _start(env, workers, "w", "0.05", extra={"DBOS_TEST_SWEEP_INTERVAL": "120"})
     handles = [ns.quiet.start("go", 600.0, workflow_id=f"race-{i}") for i in range(n)]
     sent: set[int] = set()
     deadline = time.monotonic() + 60
