@@ -43,7 +43,10 @@ class ProcessRuntime:
         self.executor_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self._reserved: list[str] = []
         self._running: dict[int, WorkflowContext] = {}
-        self._lock = threading.Lock()  # guards _reserved and _running
+        # workflows this process stopped running while the database was away:
+        # their lease is given back (and they are re-published) when it answers
+        self._handed_back: dict[str, str | None] = {}
+        self._lock = threading.Lock()  # guards _reserved, _running, _handed_back
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -74,6 +77,44 @@ class ProcessRuntime:
         with self._lock:
             self._running.pop(id(ctx), None)
 
+    def hand_back(self, workflow_id: str, name: str | None) -> None:
+        """Give back this process's lease on a workflow it stopped running
+        (ENQUEUED again) and re-publish it, so that a new delivery replays it
+        from its checkpoints. Tried now; while the database is unavailable,
+        again after every heartbeat that gets through, for as long as this
+        process lives (if it dies, the sweep recovers the workflow anyway)."""
+        with self._lock:
+            self._handed_back[workflow_id] = name
+        try:
+            self._give_back(workflow_id, name)
+        except Exception as exc:
+            log.warning("could not give back workflow %s yet (%s); retrying", workflow_id, exc,
+                        extra={"workflow_id": workflow_id})  # fmt: skip
+
+    def _give_back(self, workflow_id: str, name: str | None) -> None:
+        d = self.durable
+        released = d.db.now(db.release_workflow, workflow_id, self.executor_id)
+        with self._lock:
+            self._handed_back.pop(workflow_id, None)
+        if not released:
+            return  # finished, or another runner owns it now
+        try:
+            if name is None:
+                name = d.db.now(db.workflow_name, workflow_id)
+            if name is not None:
+                d.publish(workflow_id, name)
+        except Exception as exc:  # ENQUEUED: the sweep publishes it after enqueued_timeout
+            log.warning("workflow %s given back but not published (%s)", workflow_id, exc,
+                        extra={"workflow_id": workflow_id})  # fmt: skip
+
+    def _retry_hand_backs(self) -> None:
+        with self._lock:
+            pending = list(self._handed_back.items())
+        for workflow_id, name in pending:
+            self._give_back(workflow_id, name)
+            log.info("workflow %s given back after a database outage", workflow_id,
+                     extra={"workflow_id": workflow_id})  # fmt: skip
+
     def _beat(self) -> None:
         with self._lock:
             reserved, self._reserved = self._reserved, []
@@ -97,6 +138,7 @@ class ProcessRuntime:
             try:
                 self._beat()
                 self._check_running()
+                self._retry_hand_backs()
                 if failing:
                     log.info("heartbeat works again")
                     failing = False

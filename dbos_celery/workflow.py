@@ -303,7 +303,13 @@ def execute(durable: Durable, workflow_id: str) -> None:
     d = durable
     runtime = d.runtime()
     runtime.start()
-    claimed = d.db.now(db.claim_workflow, workflow_id, runtime.executor_id, d.worker_timeout)
+    try:
+        claimed = d.db.now(db.claim_workflow, workflow_id, runtime.executor_id, d.worker_timeout)
+    except DatabaseUnavailableError as exc:
+        # the claim may have committed before the connection dropped: then
+        # only this live process could give the lease back
+        _hand_back(runtime, workflow_id, None, exc)
+        return
     if claimed is None:
         log.info("workflow %s is running elsewhere or finished; delivery dropped",
                  workflow_id, extra={"workflow_id": workflow_id})  # fmt: skip
@@ -343,10 +349,15 @@ def execute(durable: Durable, workflow_id: str) -> None:
         # Either another runner owns it now (the release is a no-op), or our
         # own commit landed before its connection dropped and the retry hit
         # the checkpoint it wrote: then replay it at once from a new delivery.
-        if d.db.now(db.release_workflow, workflow_id, executor):
-            d.publish(workflow_id, row.name)
+        runtime.hand_back(workflow_id, row.name)
         log.warning("workflow %s: checkpoint conflict; replaying from its checkpoints",
                     workflow_id, extra={"workflow_id": workflow_id})  # fmt: skip
+        return
+    except DatabaseUnavailableError as exc:
+        # Not the workflow's outcome: the database stayed away longer than
+        # database_retry_timeout. Every checkpoint that committed is kept;
+        # give the lease back once the database answers, and replay.
+        _hand_back(runtime, workflow_id, row.name, exc)
         return
     except Exception as exc:
         status, error = db.ERROR, d.serializer.dumps_error(exc)
@@ -354,7 +365,23 @@ def execute(durable: Durable, workflow_id: str) -> None:
     finally:
         runtime.untrack(ctx)
         context.leave(token)
-    finished = d.db.now(db.finish_workflow_parent, workflow_id, executor, status, output, error)
+    try:
+        finished = d.db.now(db.finish_workflow_parent, workflow_id, executor, status, output, error)
+    except DatabaseUnavailableError as exc:
+        _hand_back(runtime, workflow_id, row.name, exc)  # the replay finishes it
+        return
     d.notifier.notify(d.done_key(workflow_id))
     if finished is not None and finished[0] is not None:
         cancellation.wake(d, d.done_key(workflow_id))  # a parent parked in result()
+
+
+def _hand_back(
+    runtime: ProcessRuntime, workflow_id: str, name: str | None, exc: BaseException
+) -> None:
+    """The database went away mid-run. The row is PENDING under this live
+    executor, so no sweep would ever recover it: the runtime releases the
+    lease and re-publishes the workflow as soon as the database answers."""
+    log.warning("workflow %s: database unavailable (%s); it is replayed from its "
+                "checkpoints when the database answers", workflow_id, exc,
+                extra={"workflow_id": workflow_id})  # fmt: skip
+    runtime.hand_back(workflow_id, name)
