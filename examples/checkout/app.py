@@ -7,14 +7,18 @@ before the timeout it cancels the order. The webhook handler is one call:
 
 Run it as a program (an in-process worker, then two checkouts)::
 
-    python -m examples.checkout.app
+    python -m examples.checkout            # or: python -m examples.checkout.app
 
-or run the workflow on a real worker and drive it from elsewhere::
+With no settings it needs no servers: an SQLite file in the working
+directory, in-process wakeups and an in-memory broker. Against Postgres,
+Redis and a real worker (the URLs set), run the workflow on a worker and
+drive it from elsewhere::
 
     celery -A examples.checkout.app worker -Q checkout
 
-Settings come from the environment: DATABASE_URL, REDIS_URL (empty: no
-Redis, wakeups by polling), BROKER_URL, SCHEMA and QUEUE.
+Settings come from the environment: DATABASE_URL (unset: SQLite), REDIS_URL
+(unset or empty: no Redis, wakeups by polling), BROKER_URL (unset:
+memory://localhost/, this process only), SCHEMA and QUEUE.
 """
 
 from __future__ import annotations
@@ -28,17 +32,18 @@ from celery import Celery
 
 from dbos_celery import Durable
 
-DATABASE_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-BROKER_URL = os.environ.get("BROKER_URL", "redis://127.0.0.1:6379/0")
+DATABASE_URL = os.environ.get("DATABASE_URL")  # None: Durable's embedded SQLite file
+REDIS_URL = os.environ.get("REDIS_URL") or None  # None: in-process wakeups and polling
+BROKER_URL = os.environ.get("BROKER_URL", "memory://localhost/")  # in this process only
 SCHEMA = os.environ.get("SCHEMA", "checkout_example")
 QUEUE = os.environ.get("QUEUE", "checkout")
 
 app = Celery("checkout", broker=BROKER_URL)
 app.conf.task_default_queue = QUEUE
 app.conf.broker_connection_retry_on_startup = True
+app.conf.broker_transport_options = {"polling_interval": 0.05}  # how often memory:// polls
 
-durable = Durable(app, DATABASE_URL, redis_url=REDIS_URL or None, schema=SCHEMA)
+durable = Durable(app, DATABASE_URL, redis_url=REDIS_URL, schema=SCHEMA)
 
 
 # Explicit names keep the workflow and step names stable whether this file
@@ -67,7 +72,11 @@ def payment_webhook(order_id: str, event_id: str, status: str) -> None:
 def main() -> int:
     from celery.contrib.testing.worker import start_worker
 
-    print(f"checkout example: schema {SCHEMA!r}, queue {QUEUE!r}, redis {REDIS_URL or 'off'}")
+    database = "DATABASE_URL" if DATABASE_URL else "embedded SQLite"
+    print(
+        f"checkout example: database {database}, schema {SCHEMA!r}, queue {QUEUE!r}, "
+        f"redis {REDIS_URL or 'off'}, broker {BROKER_URL}"
+    )
     with start_worker(
         app,
         pool="threads",
@@ -84,8 +93,8 @@ def main() -> int:
         print(f"{order}: webhook payment_status=paid, delivered twice (one idempotency key)")
         payment_webhook(order, f"evt-{order}", "paid")
         payment_webhook(order, f"evt-{order}", "paid")  # a retried webhook: stored once
-        result = handle.result(timeout=30)
-        print(f"{order}: result {result!r}, status {handle.status().status}")
+        paid = handle.result(timeout=30)
+        print(f"{order}: result {paid!r}, status {handle.status().status}")
 
         # 2. the webhook never arrives: the durable timeout cancels the order
         order = f"order-{uuid.uuid4().hex[:8]}"
@@ -93,10 +102,10 @@ def main() -> int:
         handle = checkout.start(order, timeout, workflow_id=order)
         print(f"{order}: checkout started, no webhook will come (timeout {timeout:g} s)")
         started = time.monotonic()
-        result = handle.result(timeout=30)
+        unpaid = handle.result(timeout=30)
         waited = time.monotonic() - started
-        print(f"{order}: result {result!r} after {waited:.1f} s, status {handle.status().status}")
-    return 0
+        print(f"{order}: result {unpaid!r} after {waited:.1f} s, status {handle.status().status}")
+    return 0 if (paid, unpaid) == ("fulfilled", "cancelled") else 1
 
 
 if __name__ == "__main__":
