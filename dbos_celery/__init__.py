@@ -1,6 +1,7 @@
 """Durable execution for existing Celery apps."""
 
 from .calls import TaskCall
+from .context import WorkflowIdFilter
 from .durable import Durable
 from .errors import (
     CallWouldDeadlockError,
@@ -54,6 +55,7 @@ __all__ = [
     "WorkflowCancelledError",
     "WorkflowFailedError",
     "WorkflowHandle",
+    "WorkflowIdFilter",
     "WorkflowNotRegisteredError",
     "WorkflowNotResumableError",
     "WorkflowStatus",

@@ -4,10 +4,14 @@ A context knows the workflow id, the checkpoints recorded so far (read once
 when the workflow is claimed) and the next sequence number. Every durable
 operation takes the next number; on replay the recorded value at that number
 is returned instead of doing the work again.
+
+Every record of the ``dbos_celery`` logger carries a ``workflow_id``
+attribute (:class:`WorkflowIdFilter`): use ``%(workflow_id)s`` in a format.
 """
 
 from __future__ import annotations
 
+import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -65,3 +69,18 @@ def enter(ctx: WorkflowContext | None) -> object:
 
 def leave(token: object) -> None:
     _current.reset(token)  # type: ignore[arg-type]
+
+
+class WorkflowIdFilter(logging.Filter):
+    """Gives each record a ``workflow_id``: the one the call passed in
+    ``extra``, else the running workflow's, else "-". On the ``dbos_celery``
+    logger already; add it to a handler to tag your own records too."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "workflow_id"):
+            ctx = _current.get()
+            record.workflow_id = ctx.workflow_id if ctx is not None else "-"
+        return True
+
+
+logging.getLogger("dbos_celery").addFilter(WorkflowIdFilter())
