@@ -998,6 +998,18 @@ _RESERVE = (
     .where(s.in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))), wf.c.status == ENQUEUED)
     .values(reserved_by=bindparam("worker", type_=Text))
 )
+# messages this live worker received but holds no more (its broker connection
+# was reset: Celery drops the prefetched requests); the sweep then treats
+# them as never received
+_UNRESERVE = (
+    update(wf)
+    .where(
+        s.in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))),
+        wf.c.status == ENQUEUED,
+        wf.c.reserved_by == bindparam("worker", type_=Text),
+    )
+    .values(reserved_by=None)
+)
 
 
 # SQLite serves one machine: a worker of another host beat within this window
@@ -1012,8 +1024,17 @@ _OTHER_HOST = (
 )
 
 
-def heartbeat(ex: Executor, worker_id: str, hostname: str, pid: int, reserved: list[str]) -> None:
-    """Beat for ``worker_id``. On SQLite, refuses (ConfigurationError) when a
+def heartbeat(
+    ex: Executor,
+    worker_id: str,
+    hostname: str,
+    pid: int,
+    reserved: list[str],
+    dropped: list[str] | None = None,
+) -> None:
+    """Beat for ``worker_id``; record the workflow messages it received
+    (``reserved``) and forget those it received but holds no more
+    (``dropped``). On SQLite, refuses (ConfigurationError) when a
     worker of another host beat within SHARED_FILE_WINDOW: one file shared
     by two machines (a network filesystem) has no safe locking."""
     if ex.sqlite:
@@ -1027,6 +1048,8 @@ def heartbeat(ex: Executor, worker_id: str, hostname: str, pid: int, reserved: l
     ex.count(_HEARTBEAT, {"worker": worker_id, "hostname": hostname, "pid": pid})
     if reserved:
         ex.count(_RESERVE, {"ids": reserved, "worker": worker_id})
+    if dropped:
+        ex.count(_UNRESERVE, {"ids": dropped, "worker": worker_id})
 
 
 _DELETE_WORKER = delete(s.workers).where(s.workers.c.id == bindparam("worker", type_=Text))

@@ -41,7 +41,8 @@ class ProcessRuntime:
         self.pid = os.getpid()
         self.hostname = socket.gethostname()
         self.executor_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
-        self._reserved: list[str] = []
+        self._reserved: list[str] = []  # received since the last beat
+        self._tracked: set[str] = set()  # received, not yet seen to leave
         self._running: dict[int, WorkflowContext] = {}
         # workflows this process stopped running while the database was away:
         # their lease is given back (and they are re-published) when it answers
@@ -67,6 +68,7 @@ class ProcessRuntime:
     def note_reserved(self, workflow_id: str) -> None:
         with self._lock:
             self._reserved.append(workflow_id)
+            self._tracked.add(workflow_id)
 
     def track(self, ctx: WorkflowContext) -> None:
         """A workflow this process runs now (until ``untrack``)."""
@@ -116,9 +118,19 @@ class ProcessRuntime:
                      extra={"workflow_id": workflow_id})  # fmt: skip
 
     def _beat(self) -> None:
+        held = _held_by_consumer() if self._tracked else set()
         with self._lock:
             reserved, self._reserved = self._reserved, []
-        self.durable.db.run(db.heartbeat, self.executor_id, self.hostname, self.pid, reserved)
+            # received earlier and held no more: run (claimed, no longer
+            # ENQUEUED) or dropped by Celery when its broker connection was
+            # reset; the database forgets the reservation of the latter so
+            # that the sweep re-publishes them
+            dropped = sorted(self._tracked - held - set(reserved))
+        self.durable.db.run(
+            db.heartbeat, self.executor_id, self.hostname, self.pid, reserved, dropped
+        )
+        with self._lock:
+            self._tracked.difference_update(dropped)
 
     def _check_running(self) -> None:
         """Flag the runs of this process whose workflow is no longer PENDING
@@ -155,6 +167,15 @@ class ProcessRuntime:
             self.durable.db.now(db.delete_worker, self.executor_id)
         except Exception as exc:
             log.warning("could not remove worker row %s (%s)", self.executor_id, exc)
+
+
+def _held_by_consumer() -> set[str]:
+    """Ids of the task messages this process's Celery consumer holds now:
+    prefetched (reserved), scheduled or being run by the pool. Celery drops
+    the prefetched ones when the broker connection is reset."""
+    from celery.worker import state
+
+    return set(state.requests)
 
 
 class Sweeper:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +34,7 @@ from dbos_celery import (
 from dbos_celery import database as db
 from dbos_celery.workflow import execute
 from tests.apps.messaging import build
+from tests.pgcluster import PrivateRedis
 from tests.support import BACKENDS, REDIS_URL, Env, WorkerProcess, start_worker, wait_for
 
 pytestmark = BACKENDS
@@ -124,44 +123,6 @@ def finished_workflow(ns: SimpleNamespace) -> str:
     """The id of a workflow that ran to completion (in this process)."""
     assert ns.echo("done") == "done"
     return workflow_id_of(ns, "msg.echo")
-
-
-class PrivateRedis:
-    """A redis-server of this test alone, which it may stop and restart."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        assert self.port != 6379
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        # from_url: no retries with backoff (redis.Redis() retries 10 times)
-        self.client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=1)
-
-    def alive(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
-    def start(self) -> None:
-        subprocess.run(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--daemonize", "yes", "--save", "", "--appendonly", "no", "--dir", "/tmp",
-             "--pidfile", f"/tmp/redis-{self.port}.pid"],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(self.alive, 10)
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(lambda: not self.alive(), 10)
-
-    def subscribers(self, channel: str) -> int:
-        return int(dict(self.client.pubsub_numsub(channel)).get(channel.encode(), 0))
 
 
 @pytest.fixture

@@ -227,6 +227,20 @@ class Chaos:
             cur = conn.execute(query.replace("{schema}", f'"{self.schema}"'), params)
             return cur.fetchall() if cur.description else []
 
+    def describe(self, workflow_id: str) -> str:
+        """The row's recovery state, to tell a lost publish from a lost wakeup."""
+        row = self.lib_sql(
+            "SELECT executor_id, reserved_by, publish_count, recovery_attempts, waiting_for, "
+            "extract(epoch from now() - updated_at), extract(epoch from wake_at - now()), "
+            "(SELECT count(*) FROM {schema}.steps s WHERE s.workflow_id = w.id), "
+            "(SELECT count(*) FROM {schema}.messages m WHERE m.destination_id = w.id) "
+            "FROM {schema}.workflows w WHERE id = %s",
+            workflow_id,
+        )[0]
+        names = ("executor", "reserved_by", "publish_count", "recovery_attempts", "waiting_for",
+                 "idle_s", "wake_in_s", "steps", "messages_waiting")  # fmt: skip
+        return ", ".join(f"{k}={v!r}" for k, v in zip(names, row, strict=True))
+
     def unfinished(self) -> int:
         try:
             rows = self.lib_sql(
@@ -290,7 +304,7 @@ class Chaos:
             if r is None:
                 v.append(f"{wid(i, n)}: missing")
             elif r[1] != "SUCCESS":
-                v.append(f"{wid(i, n)}: status {r[1]} (stuck or failed)")
+                v.append(f"{wid(i, n)}: status {r[1]} (stuck or failed): {self.describe(r[0])}")
             elif ser.loads(r[2]) != expected(i, n):
                 v.append(f"{wid(i, n)}: result {ser.loads(r[2])!r} != {expected(i, n)!r}")
         left = self.lib_sql("SELECT destination_id, topic FROM {schema}.messages")

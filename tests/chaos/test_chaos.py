@@ -25,7 +25,7 @@ def _run(cfg: Config) -> None:
 
 def test_chaos_short(services: None) -> None:
     """200 workflows under ~30 s of faults: every invariant holds."""
-    _run(Config(workflows=200, fault_window=30.0, finish_timeout=60.0))
+    _run(Config(workflows=200, fault_window=30.0, finish_timeout=120.0))
 
 
 @pytest.mark.slow
