@@ -33,6 +33,7 @@ from .errors import (
     InvalidArgumentError,
     NonExistentWorkflowError,
 )
+from .schema import LATEST_VERSION
 from .workflow import WorkflowHandle
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DB = 0, 1, 2, 3, 4
@@ -222,8 +223,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.verb == "migrate":
-            durable.migrate()
-            print(f"schema {args.schema!r} is up to date")
+            for version in durable.migrate():
+                print(f"applied migration {version} of {LATEST_VERSION}")
+            print(f"schema {args.schema!r} is up to date (version {LATEST_VERSION})")
         elif args.action == "list":
             found = durable.list_workflows(
                 status=args.status, name=args.name, parent=args.parent, limit=args.limit,

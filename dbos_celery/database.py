@@ -335,8 +335,9 @@ class Database:
         finally:
             raw.close()
 
-    def migrate(self) -> None:
-        """Apply pending migrations (once per process; safe to race)."""
+    def migrate(self) -> list[int]:
+        """Apply pending migrations (once per process; safe to race); the
+        versions this call applied."""
         if self._given is not None:
             engine = self._given
         elif self.sqlite:
@@ -351,8 +352,8 @@ class Database:
             while True:
                 try:
                     with engine.begin() as conn:
-                        migrate(conn.execution_options(schema_translate_map={None: schema}),
-                                self.schema)  # fmt: skip
+                        mapped = conn.execution_options(schema_translate_map={None: schema})
+                        applied = migrate(mapped, self.schema)
                     break
                 except DBAPIError as exc:
                     if not _transient(exc.orig or exc):
@@ -364,6 +365,7 @@ class Database:
             if engine is not self._given:
                 engine.dispose()
         self._migrated = True
+        return applied
 
 
 def _describe(exc: BaseException) -> str:
@@ -380,9 +382,9 @@ def is_conflict(exc: BaseException) -> bool:
 # --- migrations -------------------------------------------------------------
 
 
-def migrate(conn: Connection, schema: str) -> None:
+def migrate(conn: Connection, schema: str) -> list[int]:
     """Bring the schema to the latest version under an advisory lock (SQLite:
-    the write lock its transaction holds already)."""
+    the write lock its transaction holds already); the versions applied."""
     if conn.dialect.name != "sqlite":
         conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"dbos_celery:{schema}"))))
         conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{_quote(schema)}"'))
@@ -390,10 +392,12 @@ def migrate(conn: Connection, schema: str) -> None:
     current = schema_version(conn)
     if current > s.LATEST_VERSION:
         raise SchemaVersionError(current, s.LATEST_VERSION)
-    for version in range(current + 1, s.LATEST_VERSION + 1):
+    applied = list(range(current + 1, s.LATEST_VERSION + 1))
+    for version in applied:
         s.MIGRATIONS[version - 1](conn)
         conn.execute(insert(s.schema_version).values(version=version))
         log.info("dbos_celery schema %r migrated to version %d", schema, version)
+    return applied
 
 
 def schema_version(conn: Connection) -> int:
@@ -1390,6 +1394,18 @@ def insert_call_outcome(
     duplicate run of the task) or no dispatch record exists."""
     params = {"wid": workflow_id, "dseq": seq + 1, "output": output, "error": error}
     return ex.first(_CALL_OUTCOME, params) is not None
+
+
+_CALL_OUTCOMES = select(st.c.workflow_id, st.c.seq).where(
+    s.in_list(st.c.workflow_id, bindparam("ids", type_=ARRAY(Text))),
+    st.c.name.startswith(CALL_PREFIX, autoescape=True),
+)
+
+
+def settled_calls(ex: Executor, calls: list[tuple[str, int]]) -> set[tuple[str, int]]:
+    """Those of ``calls`` (workflow id, seq) whose outcome is recorded."""
+    ids = sorted({w for w, _ in calls})
+    return set(calls) & {(r[0], r[1]) for r in ex.rows(_CALL_OUTCOMES, {"ids": ids})}
 
 
 _LIVE_WORKERS = select(s.workers.c.id).where(

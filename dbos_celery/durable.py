@@ -94,6 +94,7 @@ class Durable:
             database_url, engine=engine, schema=schema, retry_timeout=database_retry_timeout
         )
         self.serializer = Serializer(serializer)
+        redis_url = redis_url or os.environ.get("DBOS_CELERY_REDIS_URL") or None
         self.notifier: Notifier = (
             RedisNotifier(redis_url, f"dbos_celery:{schema}:") if redis_url else LocalNotifier()
         )
@@ -313,9 +314,10 @@ class Durable:
         existing ``new_id`` of the same workflow returns its handle."""
         return management.fork(self, workflow_id, from_step, new_id, self.publish)[0]
 
-    def migrate(self) -> None:
-        """Create or upgrade the schema now (otherwise done on first use)."""
-        self.db.migrate()
+    def migrate(self) -> list[int]:
+        """Create or upgrade the schema now (otherwise done on first use);
+        the schema versions applied (empty: it was up to date)."""
+        return self.db.migrate()
 
     # --- plumbing -----------------------------------------------------------
 
@@ -385,6 +387,8 @@ class Durable:
             return
         if getattr(request, "name", None) in self.workflows:
             self.runtime().note_reserved(request.id)
+        elif calls.parse_task_id(getattr(request, "id", None)) is not None:
+            self.runtime().note_call_received(request.id)
 
 
 def _check_options(

@@ -43,6 +43,7 @@ class ProcessRuntime:
         self.executor_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self._reserved: list[str] = []  # received since the last beat
         self._tracked: set[str] = set()  # received, not yet seen to leave
+        self._calls: set[str] = set()  # task ids of durable.calls received, still held
         self._running: dict[int, WorkflowContext] = {}
         # workflows this process stopped running while the database was away:
         # their lease is given back (and they are re-published) when it answers
@@ -64,6 +65,10 @@ class ProcessRuntime:
                 target=self._loop, name="dbos-celery-heartbeat", daemon=True
             )
             self._thread.start()
+
+    def note_call_received(self, task_id: str) -> None:
+        with self._lock:
+            self._calls.add(task_id)
 
     def note_reserved(self, workflow_id: str) -> None:
         with self._lock:
@@ -118,7 +123,7 @@ class ProcessRuntime:
                      extra={"workflow_id": workflow_id})  # fmt: skip
 
     def _beat(self) -> None:
-        held = _held_by_consumer() if self._tracked else set()
+        held = _held_by_consumer() if self._tracked or self._calls else set()
         with self._lock:
             reserved, self._reserved = self._reserved, []
             # received earlier and held no more: run (claimed, no longer
@@ -131,6 +136,30 @@ class ProcessRuntime:
         )
         with self._lock:
             self._tracked.difference_update(dropped)
+            self._calls &= held
+            calls = sorted(self._calls)
+        if calls:
+            self._revoke_settled(calls)
+
+    def _revoke_settled(self, task_ids: list[str]) -> None:
+        """A copy of a durable.call task that this worker holds but has not
+        run yet, whose outcome another copy has recorded (the call was sent
+        again while the first copy was only late): revoke it here so that
+        Celery discards it instead of running the task a second time. A copy
+        already running is not stopped (tasks are at-least-once)."""
+        from celery.worker import state
+
+        from .calls import parse_task_id
+
+        by_call = {parse_task_id(t): t for t in task_ids}
+        pairs = [c for c in by_call if c is not None]
+        settled = [by_call[c] for c in self.durable.db.now(db.settled_calls, pairs)]
+        for task_id in settled:
+            state.revoked.add(task_id)
+            log.info("durable.call task %s: its outcome is recorded; the copy this worker "
+                     "holds is revoked", task_id)  # fmt: skip
+        with self._lock:
+            self._calls.difference_update(settled)
 
     def _check_running(self) -> None:
         """Flag the runs of this process whose workflow is no longer PENDING

@@ -342,3 +342,32 @@ def test_replay_calling_another_task_raises_nondeterministic(
     text = str(info.value)
     assert "durable.call:calls.t.record'" in text and "durable.call:calls.t.record_b" in text
     assert _runs(env, "branch-1") == {"x": 1, "wait": 1, "flip": 1}, second.describe()
+
+
+def test_late_copy_of_a_settled_call_is_revoked_not_run(
+    env: Env, workers: list[WorkerProcess], ns: SimpleNamespace
+) -> None:
+    """A second copy of a call's task (sent again while the first was only
+    late) waits in a busy worker while the first copy records the outcome:
+    that worker revokes its copy instead of running the task again."""
+    dup_q = f"{env.queue}_dup"
+    wf, first, busy = _workers(
+        env, workers, wf={}, first={"queues": _tasks(env), "concurrency": 1},
+        busy={"queues": dup_q, "concurrency": 1},
+    )  # fmt: skip
+    handle = ns.one.start("x", True, workflow_id="late")
+    wait_for(lambda: "x" in env.ledger("late"), 20, first.describe)  # copy 1 runs, gated
+    [task_id] = env.ledger("id:late")
+    record = ns.app.tasks["calls.t.record"]
+    record.apply_async(("blocker", "b"), {"hold": 4.0}, queue=dup_q)
+    wait_for(lambda: "b" in env.ledger("blocker"), 20, busy.describe)
+    # copy 2, with the same task id and arguments, waits behind the blocker
+    record.apply_async(("late", "x"), {"gate": True}, task_id=task_id, queue=dup_q)
+    wait_for(lambda: f"Task calls.t.record[{task_id}] received" in busy.log_path.read_text(), 20)
+    open_gate(env.schema, "late", "x")
+    assert handle.result(timeout=30) == "X"
+    wait_for(lambda: f"{task_id}] succeeded" in first.log_path.read_text(), 20)
+    wait_for(lambda: "Discarding revoked task" in busy.log_path.read_text(), 20, busy.describe)
+    assert _runs(env, "late") == {"x": 1}, busy.describe()
+    assert env.ledger("id:late") == [task_id]
+    assert _call_outcomes(env, "late") == 1

@@ -11,6 +11,7 @@ from pathlib import Path
 import redis
 
 from dbos_celery import database as db
+from dbos_celery.schema import LATEST_VERSION
 from dbos_celery.workflow import execute
 from tests.apps import manage
 from tests.apps.core import build
@@ -30,10 +31,17 @@ def cli(env: Env, *args: str, url: str | None = None) -> subprocess.CompletedPro
 
 
 def test_migrate_creates_the_schema_and_is_repeatable(env: Env) -> None:
+    """It says each migration it applies, then nothing the second time."""
+    outputs = []
     for _ in range(2):
         done = cli(env, "migrate", url=env.database_url)
         assert done.returncode == 0, done.stderr
-    assert env.sql("SELECT max(version) FROM {schema}.schema_version")[0][0] >= 1
+        outputs.append(done.stdout.splitlines())
+    latest = env.sql("SELECT max(version) FROM {schema}.schema_version")[0][0]
+    assert latest == LATEST_VERSION
+    up_to_date = f"schema {env.schema!r} is up to date (version {latest})"
+    applied = [f"applied migration {v} of {latest}" for v in range(1, latest + 1)]
+    assert outputs == [[*applied, up_to_date], [up_to_date]]
 
 
 def test_workflow_list_get_and_steps_as_json(env: Env) -> None:

@@ -18,6 +18,8 @@ from celery import Celery
 from celery.contrib.testing.worker import start_worker
 
 from dbos_celery import ConfigurationError, Durable
+from dbos_celery.wakeup import LocalNotifier, RedisNotifier
+from tests.support import REDIS_URL
 
 
 def _app() -> Celery:
@@ -30,6 +32,7 @@ def _app() -> Celery:
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DBOS_CELERY_DATABASE_URL", raising=False)
+    monkeypatch.delenv("DBOS_CELERY_REDIS_URL", raising=False)
     yield tmp_path
 
 
@@ -38,6 +41,7 @@ def test_default_is_a_sqlite_file_in_the_working_directory_and_runs_workflows(
 ) -> None:
     app = _app()
     durable = Durable(app)
+    assert isinstance(durable.notifier, LocalNotifier)  # no Redis either
     effects: list[str] = []
 
     @durable.step()
@@ -71,13 +75,15 @@ def test_default_is_a_sqlite_file_in_the_working_directory_and_runs_workflows(
         assert conn.execute("SELECT count(*) FROM send_keys").fetchone() == (1,)
 
 
-def test_environment_variable_names_the_database(
+def test_environment_variables_name_the_database_and_redis(
     workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target = workdir / "elsewhere" / "state.db"
     target.parent.mkdir()
     monkeypatch.setenv("DBOS_CELERY_DATABASE_URL", f"sqlite:///{target}")
+    monkeypatch.setenv("DBOS_CELERY_REDIS_URL", REDIS_URL)
     durable = Durable(_app())
+    assert isinstance(durable.notifier, RedisNotifier)
 
     @durable.workflow()
     def noop() -> int:
