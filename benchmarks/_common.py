@@ -155,14 +155,20 @@ def bare_pubsub_hops(n: int = 1000, spacing: float = 0.002) -> list[float]:
 
 
 class Worker:
-    """``celery -A benchmarks._app worker`` (prefork) for one schema/queue."""
+    """``celery -A <app> worker`` (prefork) for one schema/queue."""
 
-    def __init__(self, env: dict[str, str], queue: str, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        queue: str,
+        concurrency: int = 2,
+        app: str = "benchmarks._app",
+    ) -> None:
         self.log = Path(f"/tmp/dbos_celery_bench/{env['BENCH_SCHEMA']}-{time.time_ns()}.log")
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.hostname = f"bench-{uuid.uuid4().hex[:8]}@localhost"
         cmd = [
-            sys.executable, "-m", "celery", "-A", "benchmarks._app", "worker",
+            sys.executable, "-m", "celery", "-A", app, "worker",
             "-P", "prefork", "-c", str(concurrency), "-l", "warning", "-Q", queue,
             "-n", self.hostname, "--without-mingle", "--without-gossip", "--without-heartbeat",
         ]  # fmt: skip
@@ -192,6 +198,17 @@ class Worker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self._out.close()
+
+
+def clean_up(worker: Worker | None, apps: Sequence[Any], schema: str, *queues: str) -> None:
+    """After a run: stop the worker, close the apps' Durables, delete their
+    queues (and ``queues``) and drop the schema."""
+    if worker is not None:
+        worker.stop()
+    for ns in apps:
+        ns.durable.close()
+    forget_queues(*(ns.queue for ns in apps), *queues)
+    drop_schema(schema)
 
 
 def forget_queues(*queues: str) -> None:

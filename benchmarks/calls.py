@@ -33,8 +33,7 @@ from benchmarks._common import (  # noqa: E402
     Worker,
     app_env,
     bare_commits,
-    drop_schema,
-    forget_queues,
+    clean_up,
     machine,
     ms,
     new_schema,
@@ -129,11 +128,7 @@ def main() -> None:
             [head, row("durable.call", on_worker)],
         )
     finally:
-        if worker is not None:
-            worker.stop()
-        ns.durable.close()
-        forget_queues(ns.queue)
-        drop_schema(schema)
+        clean_up(worker, [ns], schema)
 
 
 if __name__ == "__main__":

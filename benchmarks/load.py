@@ -17,21 +17,17 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (  # noqa: E402
-    ROOT,
     Worker,
     app_env,
-    drop_schema,
-    forget_queues,
+    clean_up,
     machine,
     ms,
     new_schema,
@@ -40,26 +36,6 @@ from benchmarks._common import (  # noqa: E402
     table,
 )
 from benchmarks._load_app import build, wid  # noqa: E402
-
-
-class LoadWorker(Worker):
-    """``celery -A benchmarks._load_app worker`` (prefork)."""
-
-    def __init__(self, env: dict[str, str], queue: str, concurrency: int = 2) -> None:
-        self.log = Path(f"/tmp/dbos_celery_bench/{env['BENCH_SCHEMA']}-{time.time_ns()}.log")
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.hostname = f"load-{uuid.uuid4().hex[:8]}@localhost"
-        cmd = [
-            sys.executable, "-m", "celery", "-A", "benchmarks._load_app", "worker",
-            "-P", "prefork", "-c", str(concurrency), "-l", "warning", "-Q", queue,
-            "-n", self.hostname, "--without-mingle", "--without-gossip", "--without-heartbeat",
-        ]  # fmt: skip
-        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        self._out = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env, "PYTHONPATH": path},
-            stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
 
 
 def plain_rate(ns: object, n: int) -> float:
@@ -147,7 +123,7 @@ def main() -> None:
     try:
         ns.durable.migrate()
         print(f"dbos_celery load benchmark (schema {schema}, {a.workflows} workflows)", flush=True)
-        worker = LoadWorker(env, ns.queue).wait_ready(ns.app)
+        worker = Worker(env, ns.queue, app="benchmarks._load_app").wait_ready(ns.app)
         baseline = plain_rate(ns, a.plain)
         got = run_load(ns, schema, a.workflows)
         wall, lat = float(got["wall"]), list(got["latency"])  # type: ignore[call-overload]
@@ -172,11 +148,7 @@ def main() -> None:
             "Postgres per workflow", [("table", "rows", "bytes"), *footprint(schema, a.workflows)]
         )
     finally:
-        if worker is not None:
-            worker.stop()
-        ns.durable.close()
-        forget_queues(ns.queue)
-        drop_schema(schema)
+        clean_up(worker, [ns], schema)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,7 @@ from benchmarks._common import (  # noqa: E402
     app_env,
     bare_commits,
     bare_pubsub_hops,
-    drop_schema,
-    forget_queues,
+    clean_up,
     machine,
     ms,
     new_schema,
@@ -137,12 +136,7 @@ def main() -> None:
             ],
         )  # fmt: skip
     finally:
-        if worker is not None:
-            worker.stop()
-        for n in (ns, ns_poll):
-            n.durable.close()
-        forget_queues(ns.queue, ns_poll.queue)
-        drop_schema(schema)
+        clean_up(worker, [ns, ns_poll], schema)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,7 @@ from benchmarks._app import build  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     Worker,
     app_env,
-    drop_schema,
-    forget_queues,
+    clean_up,
     machine,
     ms,
     new_schema,
@@ -131,11 +130,7 @@ def main() -> None:
         worker = Worker(env, ns.queue).wait_ready(ns.app)
         run(ns, schema, worker)
     finally:
-        if worker is not None:
-            worker.stop()
-        ns.durable.close()
-        forget_queues(ns.queue)
-        drop_schema(schema)
+        clean_up(worker, [ns], schema)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,7 @@ from benchmarks._common import (  # noqa: E402
     BareInsert,
     Worker,
     app_env,
-    drop_schema,
-    forget_queues,
+    clean_up,
     machine,
     ms,
     new_schema,
@@ -173,12 +172,8 @@ def main() -> None:
             ],
         )  # fmt: skip
     finally:
-        if worker is not None:
-            worker.stop()
-        ns.durable.close()
         ns.redis.delete(*(f"{ns.counter}{k}" for k in ("", ":first", ":last")))
-        forget_queues(ns.queue, f"{schema}_park")
-        drop_schema(schema)
+        clean_up(worker, [ns], schema, f"{schema}_park")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -286,3 +286,19 @@ def start_worker(
     w = WorkerProcess(env, app, **kw)
     workers.append(w)
     return w.wait_ready()
+
+
+def app_fixture(build: Callable[[dict[str, str]], SimpleNamespace]) -> Any:
+    """A test module's ``ns`` fixture: the test process's own app + Durable
+    (from ``build`` of its tests/apps module) on the test's schema and queue.
+    Use: ``ns = app_fixture(build)``."""
+
+    @pytest.fixture
+    def ns(env: Env) -> Iterator[SimpleNamespace]:
+        built = build(env.vars())
+        try:
+            yield built
+        finally:
+            built.durable.close()
+
+    return ns

@@ -25,20 +25,12 @@ from dbos_celery import (
 )
 from tests.apps.calls import TaskRejected, build
 from tests.apps.core import open_gate
-from tests.support import Env, WorkerProcess, wait_for
+from tests.support import Env, WorkerProcess, app_fixture, wait_for
+
+ns = app_fixture(build)
 
 APP = "tests.apps.calls"
 AMQP_URL = os.environ.get("DBOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-@pytest.fixture
-def ns(env: Env) -> Iterator[SimpleNamespace]:
-    """The test process's own app + Durable (it starts workflows, runs none)."""
-    built = build(env.vars())
-    try:
-        yield built
-    finally:
-        built.durable.close()
 
 
 def _workers(env: Env, started: list[WorkerProcess], **specs: dict[str, Any]) -> list[Any]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import multiprocessing
 import queue
 from collections import Counter
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,21 +23,13 @@ from dbos_celery import (
 from dbos_celery import database as db
 from dbos_celery.workflow import execute
 from tests.apps.core import OrderRejected, build, open_gate
-from tests.support import BACKENDS, Env, WorkerProcess, start_worker, wait_for
+from tests.support import BACKENDS, Env, WorkerProcess, app_fixture, start_worker, wait_for
 
 pytestmark = BACKENDS
 
+ns = app_fixture(build)
+
 FIVE = ["step1", "step2", "step3", "step4", "step5"]
-
-
-@pytest.fixture
-def ns(env: Env) -> Iterator[SimpleNamespace]:
-    """The test process's own app + Durable on the test's schema and queue."""
-    built = build(env.vars())
-    try:
-        yield built
-    finally:
-        built.durable.close()
 
 
 def _start(env: Env, workers: list[WorkerProcess], name: str, **kw: Any) -> WorkerProcess:

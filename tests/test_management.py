@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -29,19 +28,11 @@ from dbos_celery import database as db
 from dbos_celery import schema as s
 from tests.apps.core import open_gate
 from tests.apps.manage import build
-from tests.support import Env, WorkerProcess, start_worker, wait_for
+from tests.support import Env, WorkerProcess, app_fixture, start_worker, wait_for
+
+ns = app_fixture(build)
 
 APP = "tests.apps.manage"
-
-
-@pytest.fixture
-def ns(env: Env) -> Iterator[SimpleNamespace]:
-    """The test process's own app + Durable on the test's schema and queue."""
-    built = build(env.vars())
-    try:
-        yield built
-    finally:
-        built.durable.close()
 
 
 def _start(env: Env, workers: list[WorkerProcess], name: str, **kw: Any) -> WorkerProcess:

@@ -10,7 +10,6 @@ shows one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -19,18 +18,11 @@ from celery import Celery
 from dbos_celery import ConfigurationError, Durable, WorkflowFailedError
 from dbos_celery.wakeup import key
 from tests.apps.park import build
-from tests.support import Env, WorkerProcess, start_worker, wait_for
+from tests.support import Env, WorkerProcess, app_fixture, start_worker, wait_for
+
+ns = app_fixture(build)
 
 APP = "tests.apps.park"
-
-
-@pytest.fixture
-def ns(env: Env) -> Iterator[SimpleNamespace]:
-    built = build(env.vars())
-    try:
-        yield built
-    finally:
-        built.durable.close()
 
 
 def _start(

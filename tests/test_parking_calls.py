@@ -16,26 +16,18 @@ wait (whose re-dispatch check would come before the sweep) never parks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 
 from dbos_celery.wakeup import key
 from tests.apps.parkcalls import build
-from tests.support import Env, WorkerProcess, open_gate, start_worker, wait_for
+from tests.support import Env, WorkerProcess, app_fixture, open_gate, start_worker, wait_for
+
+ns = app_fixture(build)
 
 APP = "tests.apps.parkcalls"
 NO_SWEEP = {"DBOS_TEST_SWEEP_INTERVAL": "3600", "DBOS_TEST_CALL_REDISPATCH_AFTER": "7200"}
-
-
-@pytest.fixture
-def ns(env: Env) -> Iterator[SimpleNamespace]:
-    built = build(env.vars())
-    try:
-        yield built
-    finally:
-        built.durable.close()
 
 
 def _start(
