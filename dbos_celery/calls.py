@@ -242,7 +242,8 @@ def _dispatch_and_wait(
     missed), polling every ``poll_interval``, and sending again the calls
     whose task was lost."""
     cancellation.check(d, ctx)
-    for p in new:
+    # with parking on, the wait frees the slot after park_after: no deadlock
+    for p in new if d.park_after is None else ():
         queue = d.calls.deadlock_queue(p.call)
         if queue is not None:
             raise CallWouldDeadlockError(p.call.name, queue)

@@ -264,7 +264,8 @@ class WorkflowNotResumableError(DurableError):
 
 class CallWouldDeadlockError(DurableError):
     """A durable.call would wait forever: its task is routed to a queue that
-    the worker running the workflow consumes, and that worker has one slot."""
+    the worker running the workflow consumes, that worker has one slot, and
+    parking is off (``park_after=None``), so the wait never frees it."""
 
     def __init__(self, task_name: str, queue: str) -> None:
         super().__init__(task_name, queue)
@@ -275,6 +276,7 @@ class CallWouldDeadlockError(DurableError):
             f"durable.call of task {task!r} would never finish: it is routed to queue "
             f"{queue!r}, which this worker consumes with its only slot, and that slot is "
             "held by the workflow waiting for the task. Route the task to a queue served "
-            "by other workers (task_routes, or task.s(...).set(queue=...)), or run the "
-            "workflow on a worker with more concurrency; nothing was dispatched."
+            "by other workers (task_routes, or task.s(...).set(queue=...)), run the "
+            "workflow on a worker with more concurrency, or let long waits park "
+            "(park_after); nothing was dispatched."
         )

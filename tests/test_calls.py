@@ -219,11 +219,16 @@ def test_crash_mid_gather_resends_only_unfinished_calls(
 def test_call_to_own_queue_on_single_slot_worker_raises_instead_of_deadlocking(
     env: Env, workers: list[WorkerProcess], ns: SimpleNamespace
 ) -> None:
-    """On a concurrency-1 worker, a call routed to a queue that worker
-    consumes could never run (the waiting workflow holds the only slot): it
-    raises CallWouldDeadlockError naming the queue, and nothing is sent or
-    recorded. The same workflow calling the task on another queue works."""
-    wf, _ = _workers(env, workers, wf={"concurrency": 1}, tasks={"queues": _tasks(env)})
+    """On a concurrency-1 worker that never parks, a call routed to a queue
+    that worker consumes could never run (the waiting workflow holds the
+    only slot): it raises CallWouldDeadlockError naming the queue, and
+    nothing is sent or recorded. The same workflow calling the task on
+    another queue works."""
+    never_park = {"DBOS_TEST_PARK_AFTER": "none"}
+    wf, _ = _workers(
+        env, workers, wf={"concurrency": 1, "extra_env": never_park},
+        tasks={"queues": _tasks(env)},
+    )  # fmt: skip
     fine = ns.on_queue.start(_tasks(env), "elsewhere", workflow_id="q-ok")
     assert fine.result(timeout=30) == "ELSEWHERE", wf.describe()
 
@@ -233,6 +238,20 @@ def test_call_to_own_queue_on_single_slot_worker_raises_instead_of_deadlocking(
     assert repr(env.queue) in str(info.value)
     assert _step_names(env, "q-same") == []
     assert env.ledger("q-same") == []
+
+
+def test_call_to_own_queue_on_single_slot_worker_parks_and_completes(
+    env: Env, workers: list[WorkerProcess], ns: SimpleNamespace
+) -> None:
+    """The same call with parking on: the workflow parks after park_after,
+    which frees the only slot for its task; the outcome wakes it again."""
+    wf = _workers(env, workers, wf={"concurrency": 1, "extra_env": {"DBOS_TEST_PARK_AFTER": "0.2"}})
+    handle = ns.on_queue.start(env.queue, "same", workflow_id="q-park")
+    assert handle.result(timeout=30) == "SAME", wf[0].describe()
+    assert _runs(env, "q-park") == {"same": 1}
+    # two runs on the one slot: the one that parked, and the one woken
+    runs = wf[0].log_path.read_text().count("calls.on_queue[q-park] succeeded")
+    assert runs == 2, wf[0].describe()
 
 
 def test_child_started_once_and_parent_gets_its_result_after_parent_crash(
