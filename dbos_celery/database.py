@@ -1114,6 +1114,31 @@ _REPUBLISH_UNRECEIVED = (
     .values(publish_count=wf.c.publish_count + 1, updated_at=s.now())
     .returning(wf.c.id, wf.c.name, wf.c.status)
 )
+# a publish of the sweep failed (the broker is down): take back the backoff
+# step it took, and make the rows due again at the next sweep, so that a
+# broker outage does not push their next publish hours away
+_FEWER = case((wf.c.publish_count > 0, wf.c.publish_count - 1), else_=0)
+_PUBLISH_FAILED = (
+    update(wf)
+    .where(
+        s.in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))),
+        wf.c.status == ENQUEUED,
+        wf.c.reserved_by.is_(None),
+    )
+    .values(
+        publish_count=_FEWER,
+        updated_at=s.now()
+        - s.seconds(bindparam("grace", type_=Float) * s.pow2(s.least(_FEWER, 10)) + 1.0),
+    )
+)
+
+
+def publish_failed(ex: Executor, workflow_ids: list[str], enqueued_timeout: float) -> None:
+    """The sweep could not publish these ENQUEUED workflows: due again now,
+    without a step of backoff."""
+    ex.count(_PUBLISH_FAILED, {"ids": workflow_ids, "grace": enqueued_timeout})
+
+
 _WAKE_DUE = (
     update(wf)
     .where(wf.c.status == WAITING, or_(wf.c.wake_at <= s.now(), _awaited_ready(wf)))

@@ -225,14 +225,22 @@ class Sweeper:
             d.max_recovery_attempts,
             d.enqueued_timeout,
         )
-        for r in recovered or ():
-            if r.status == db.WOKEN:  # a parked workflow: what it waits for came
-                log.debug("waking parked workflow %s (%s)", r.id, r.name,
-                          extra={"workflow_id": r.id})  # fmt: skip
-                self.publish(r.id, r.name)
-            elif r.status == db.ENQUEUED:
-                log.info("recovering workflow %s (%s)", r.id, r.name, extra={"workflow_id": r.id})
-                self.publish(r.id, r.name)
+        recovered = recovered or []
+        for i, r in enumerate(recovered):
+            if r.status in (db.WOKEN, db.ENQUEUED):
+                if r.status == db.WOKEN:  # a parked workflow: what it waits for came
+                    log.debug("waking parked workflow %s (%s)", r.id, r.name,
+                              extra={"workflow_id": r.id})  # fmt: skip
+                else:
+                    log.info("recovering workflow %s (%s)", r.id, r.name,
+                             extra={"workflow_id": r.id})  # fmt: skip
+                try:
+                    self.publish(r.id, r.name)
+                except Exception:
+                    # the broker is down: these are due again at the next pass
+                    rest = [x.id for x in recovered[i:] if x.status in (db.WOKEN, db.ENQUEUED)]
+                    d.db.now(db.publish_failed, rest, d.enqueued_timeout)
+                    raise
             elif r.status == db.CANCELLED:
                 log.info("workflow %s passed its deadline; cancelled", r.id,
                          extra={"workflow_id": r.id})  # fmt: skip
@@ -245,7 +253,7 @@ class Sweeper:
                     extra={"workflow_id": r.id},
                 )
                 d.notifier.notify(d.done_key(r.id))
-        return list(recovered or ())
+        return recovered
 
     def start(self) -> None:
         if self._thread is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +14,7 @@ import redis
 from dbos_celery import NonDeterministicWorkflowError, WorkflowFailedError
 from dbos_celery import database as db
 from tests.apps.core import build, open_gate
+from tests.pgcluster import PrivateRedis
 from tests.support import BACKENDS, Env, WorkerProcess, app_fixture, start_worker, wait_for
 
 pytestmark = BACKENDS
@@ -173,3 +175,42 @@ def test_row_committed_but_never_published_is_swept_and_runs(
     assert d.retrieve("orphan-1").result(timeout=30) == FIVE, w.describe()
     assert _effects(env, "orphan-1") == dict.fromkeys(FIVE, 1)
     assert "recovering workflow orphan-1" in w.log_path.read_text()
+
+
+def test_sweep_publish_failing_while_the_broker_is_down_keeps_the_row_due(
+    env: Env, services: None
+) -> None:
+    """The sweep re-publishes an unreceived row with exponential backoff (a
+    long healthy queue gets few duplicates). A publish that fails because
+    the broker is down must not count as a step of that backoff, or a long
+    outage would push the row's next publish hours away: it is due again at
+    the next sweep, and published once the broker is back."""
+    broker = PrivateRedis()
+    broker.start()
+    env.broker_url = broker.url.replace("/0", "/1")
+    env.extra["DBOS_TEST_ENQUEUED_TIMEOUT"] = "1"
+    ns = build(env.vars())
+    d = ns.durable
+    try:
+        inputs = d.serializer.dumps({"args": [], "kwargs": {}})
+        assert d.db.run(db.insert_workflow, "unsent", "core.five_steps", inputs, None)
+        broker.stop()
+        time.sleep(1.2)  # older than enqueued_timeout: the sweep publishes it
+        for _ in range(3):  # three sweeps while the broker is down
+            with pytest.raises(Exception):  # noqa: B017 - the broker's own error
+                d.sweep()
+            assert _publish_count(env, "unsent") == 0
+        broker.start()
+        assert [r.id for r in d.sweep()] == ["unsent"]  # due at once, not after a backoff
+        assert _publish_count(env, "unsent") == 1
+        queue = redis.Redis.from_url(env.broker_url)
+        assert queue.llen(env.queue) == 1  # published
+        queue.close()
+    finally:
+        d.close()
+        broker.stop()
+
+
+def _publish_count(env: Env, workflow_id: str) -> int | None:
+    rows = env.sql("SELECT publish_count FROM {schema}.workflows WHERE id = %s", workflow_id)
+    return int(rows[0][0]) if rows else None
