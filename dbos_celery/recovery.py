@@ -151,8 +151,13 @@ class ProcessRuntime:
 
         from .calls import parse_task_id
 
-        by_call = {parse_task_id(t): t for t in task_ids}
+        # only copies waiting for a slot: a running one cannot be revoked,
+        # so there is nothing to ask the database about it
+        waiting = {r.id for r in state.reserved_requests if r not in state.active_requests}
+        by_call = {parse_task_id(t): t for t in task_ids if t in waiting}
         pairs = [c for c in by_call if c is not None]
+        if not pairs:
+            return
         settled = [by_call[c] for c in self.durable.db.now(db.settled_calls, pairs)]
         for task_id in settled:
             state.revoked.add(task_id)

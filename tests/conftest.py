@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 import redis
+from kombu import Connection
 
 from tests.support import (
     DATABASE_URL,
@@ -62,6 +63,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("env", [only], indirect=True)
     elif metafunc.definition.get_closest_marker("backends"):
         metafunc.parametrize("env", ["postgres", "sqlite"], indirect=True)
+
+
+AMQP_URL = os.environ.get("DBOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+@pytest.fixture
+def amqp_env(env: Env) -> Iterator[Env]:
+    """``env`` with RabbitMQ as its Celery broker; its queues (and the
+    ``_tasks`` one of the calls app) deleted afterwards."""
+    try:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            conn.connect()
+    except Exception as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"RabbitMQ is not answering: {exc}")
+    env.broker_url = AMQP_URL
+    try:
+        yield env
+    finally:
+        with Connection(AMQP_URL, connect_timeout=3) as conn:
+            for q in (env.queue, f"{env.queue}_tasks"):
+                try:
+                    conn.default_channel.queue_delete(q)
+                except Exception:
+                    pass
 
 
 @pytest.fixture

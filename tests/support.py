@@ -302,3 +302,15 @@ def app_fixture(build: Callable[[dict[str, str]], SimpleNamespace]) -> Any:
             built.durable.close()
 
     return ns
+
+
+def max_overlap(env: Env) -> int:
+    """The most workflow runs in progress at one moment (ledger start/end)."""
+    rows = env.sql(
+        "SELECT what FROM {schema}.ledger WHERE what IN ('start', 'end') ORDER BY at, id"
+    )
+    running = peak = 0
+    for (what,) in rows:
+        running += 1 if what == "start" else -1
+        peak = max(peak, running)
+    return peak

@@ -3,29 +3,10 @@ with RabbitMQ as the Celery broker (Redis only carries wakeup hints)."""
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-
-import pytest
-from kombu import Connection
 
 from tests.apps.core import build
 from tests.support import Env, WorkerProcess, wait_for
-
-AMQP_URL = os.environ.get("DBOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
-
-
-@pytest.fixture
-def amqp_env(env: Env) -> Env:
-    try:
-        with Connection(AMQP_URL, connect_timeout=3) as conn:
-            conn.connect()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"RabbitMQ is not answering: {exc}")
-    env.broker_url = AMQP_URL
-    return env
 
 
 def test_workflow_recovers_after_kill_with_rabbitmq_broker(

@@ -7,16 +7,13 @@ Workflows run on the test's queue; the tasks they call are routed to
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import redis
 from celery.exceptions import TaskRevokedError
-from kombu import Connection
 
 from dbos_celery import (
     CallWouldDeadlockError,
@@ -30,7 +27,6 @@ from tests.support import Env, WorkerProcess, app_fixture, wait_for
 ns = app_fixture(build)
 
 APP = "tests.apps.calls"
-AMQP_URL = os.environ.get("DBOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 
 
 def _workers(env: Env, started: list[WorkerProcess], **specs: dict[str, Any]) -> list[Any]:
@@ -281,27 +277,6 @@ def test_child_started_once_and_parent_gets_its_result_after_parent_crash(
     assert env.ledger("p-1-0").count("child-run") == 1
     assert handle.status().recovery_attempts == 1
     assert _step_names(env, "p-1") == ["durable.start:calls.child", "durable.result"]
-
-
-@pytest.fixture
-def amqp_env(env: Env) -> Iterator[Env]:
-    try:
-        with Connection(AMQP_URL, connect_timeout=3) as conn:
-            conn.connect()
-    except Exception as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"RabbitMQ is not answering: {exc}")
-    env.broker_url = AMQP_URL
-    try:
-        yield env
-    finally:
-        with Connection(AMQP_URL, connect_timeout=3) as conn:
-            for q in (env.queue, _tasks(env)):
-                try:
-                    conn.default_channel.queue_delete(q)
-                except Exception:
-                    pass
 
 
 def test_call_with_rabbitmq_broker(amqp_env: Env, workers: list[WorkerProcess]) -> None:

@@ -18,7 +18,7 @@ from celery import Celery
 from dbos_celery import ConfigurationError, Durable, WorkflowFailedError
 from dbos_celery.wakeup import key
 from tests.apps.park import build
-from tests.support import Env, WorkerProcess, app_fixture, start_worker, wait_for
+from tests.support import Env, WorkerProcess, app_fixture, max_overlap, start_worker, wait_for
 
 ns = app_fixture(build)
 
@@ -57,18 +57,6 @@ def _runs(env: Env, workflow_id: str) -> int:
     return env.ledger(workflow_id).count("start")
 
 
-def _max_overlap(env: Env) -> int:
-    """The most workflow runs in progress at one moment (ledger start/end)."""
-    rows = env.sql(
-        "SELECT what FROM {schema}.ledger WHERE what IN ('start', 'end') ORDER BY at, id"
-    )
-    running = peak = 0
-    for (what,) in rows:
-        running += 1 if what == "start" else -1
-        peak = max(peak, running)
-    return peak
-
-
 def _many_parked(env: Env, workers: list[WorkerProcess], ns: SimpleNamespace, n: int) -> None:
     w = _start(env, workers, "w", "0")
     handles = [ns.waits.start("go", 600.0, workflow_id=f"many-{i}") for i in range(n)]
@@ -80,7 +68,7 @@ def _many_parked(env: Env, workers: list[WorkerProcess], ns: SimpleNamespace, n:
         ns.durable.send(f"many-{i}", i, "go")
     wait_for(lambda: _statuses(env, "many-") == {"SUCCESS": n}, 60 + n / 20, w.describe)
     assert [h.result(timeout=5) for h in handles] == list(range(n))
-    assert _max_overlap(env) <= 2
+    assert max_overlap(env) <= 2
     counts = env.sql(
         "SELECT what, count(*) FROM {schema}.ledger WHERE what IN ('start', 'end') GROUP BY what"
     )

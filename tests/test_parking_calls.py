@@ -22,7 +22,15 @@ import pytest
 
 from dbos_celery.wakeup import key
 from tests.apps.parkcalls import build
-from tests.support import Env, WorkerProcess, app_fixture, open_gate, start_worker, wait_for
+from tests.support import (
+    Env,
+    WorkerProcess,
+    app_fixture,
+    max_overlap,
+    open_gate,
+    start_worker,
+    wait_for,
+)
 
 ns = app_fixture(build)
 
@@ -50,18 +58,6 @@ def _start(
 def _statuses(env: Env) -> dict[str, int]:
     rows = env.sql("SELECT status, count(*) FROM {schema}.workflows GROUP BY status")
     return {r[0]: int(r[1]) for r in rows}
-
-
-def _max_overlap(env: Env) -> int:
-    """The most workflow runs in progress at one moment (ledger start/end)."""
-    rows = env.sql(
-        "SELECT what FROM {schema}.ledger WHERE what IN ('start', 'end') ORDER BY at, id"
-    )
-    running = peak = 0
-    for (what,) in rows:
-        running += 1 if what == "start" else -1
-        peak = max(peak, running)
-    return peak
 
 
 def _runs(env: Env) -> dict[str, int]:
@@ -113,7 +109,7 @@ def test_two_slots_hold_many_workflows_parked_in_calls_gathers_and_results(
     }
     assert all(h.result(timeout=5) == ["G0", "G1", "G2"] for h in gathers.values())
     assert {k: h.result(timeout=5) for k, h in parents.items()} == {f"p-{i}": i for i in range(30)}
-    assert _max_overlap(env) <= 2
+    assert max_overlap(env) <= 2
     assert set(_runs(env).values()) == {2}  # parked once, woken once
     assert len(_runs(env)) == total
     assert set(_task_runs(env).values()) == {1}
@@ -147,7 +143,7 @@ def test_call_outcomes_racing_the_park_wake_every_workflow(
         i = int(wid.split("-")[1])
         assert h.result(timeout=5) == (["G0", "G1"] if i % 3 == 0 else f"R{i}")
     assert set(_task_runs(env).values()) == {1}
-    assert _max_overlap(env) <= 2
+    assert max_overlap(env) <= 2
     parked = sum(1 for n in _runs(env).values() if n > 1)
     print(f"{parked} of 150 workflows parked at least once")
 
