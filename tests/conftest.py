@@ -1,9 +1,14 @@
 """Shared fixtures: a fresh Postgres schema per test, a private Celery queue
 per test, and real Celery worker processes that can be SIGKILLed.
 
-Services: Postgres at DBOS_TEST_DATABASE_URL and Redis at DBOS_TEST_REDIS_URL
-(defaults: the loopback servers). A missing service fails under CI (CI set)
-and skips elsewhere.
+Services: Postgres at DBOS_TEST_DATABASE_URL, Redis at DBOS_TEST_REDIS_URL
+and the Celery broker at DBOS_TEST_BROKER_URL (defaults: the loopback
+servers, tests.support.SERVICE_DEFAULTS). For each that does not answer, the
+run starts a private throwaway server from the installed binaries once, in
+pytest's own process before xdist starts its workers (which inherit the
+variables), and removes it at the end (tests/servers.py). Under CI (CI set)
+nothing is started and a missing service fails the run; elsewhere, when no
+private server could be started either, the tests that need it skip.
 """
 
 from __future__ import annotations
@@ -12,32 +17,56 @@ import os
 import uuid
 from collections.abc import Iterator
 
-import psycopg
 import pytest
-import redis
 from kombu import Connection
 
-from tests.support import (
-    DATABASE_URL,
-    REDIS_URL,
-    Env,
-    WorkerProcess,
-)
+from tests import servers, support
+from tests.support import Env, WorkerProcess
+
+_SERVERS = pytest.StashKey[servers.Servers]()
 
 
-def _require(name: str, check: object) -> None:
-    try:
-        check()  # type: ignore[operator]
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        if os.environ.get("CI"):
-            raise RuntimeError(f"{name} is not answering: {exc}") from exc
-        pytest.skip(f"{name} is not answering: {exc}")
+def pytest_configure(config: pytest.Config) -> None:
+    """In the run's own process (not in an xdist worker): start private
+    servers for the services that do not answer, before any test module
+    reads the URLs (they are imported at collection, after this)."""
+    if hasattr(config, "workerinput") or config.getoption("help", False):
+        return
+    if config.getoption("collectonly", False):
+        return
+    started = servers.bring_up()
+    config.stash[_SERVERS] = started
+    support.read_service_urls()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the private servers and remove their folders (also after an
+    interrupted or failed run)."""
+    started = config.stash.get(_SERVERS, None)
+    if started is not None:
+        started.stop()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    started = config.stash.get(_SERVERS, None)
+    return [f"services: {note}" for note in started.notes] if started is not None else []
+
+
+def _require(name: str, problem: str | None) -> None:
+    if problem is None:
+        return
+    message = f"{name} is not answering: {problem}"
+    if os.environ.get("CI"):
+        raise RuntimeError(message)
+    if os.environ.get(servers.PROBLEM):
+        message += f" ({os.environ[servers.PROBLEM]})"
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def services() -> None:
-    _require("Postgres", lambda: psycopg.connect(DATABASE_URL, connect_timeout=3).close())
-    _require("Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping())
+    _require("Postgres", servers.postgres_problem(support.DATABASE_URL))
+    _require("Redis", servers.redis_problem(support.REDIS_URL))
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 :class:`PgCluster` is a Postgres cluster of its own (Debian's
 ``pg_createcluster``) on a free port, trust auth, dropped at teardown: tests
 that restart or stop Postgres use it and never touch the shared server.
-A private Redis: :class:`PrivateRedis`.
+A private Redis: :class:`PrivateRedis` (from tests/servers.py, which also
+holds the suite's own throwaway servers).
 
     python -m tests.pgcluster   # create, restart and drop one (a smoke check)
 """
@@ -21,8 +22,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import redis
 
+from tests.servers import PrivateRedis
 from tests.support import wait_for
 
 __all__ = ["PgCluster", "PrivateRedis", "free_port", "private_cluster"]
@@ -179,41 +180,3 @@ if __name__ == "__main__":
         print(f"restarted in {time.monotonic() - t0:.1f} s")
     finally:
         c.drop()
-
-
-class PrivateRedis:
-    """A redis-server of this test alone, which it may stop and restart."""
-
-    def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        assert self.port != 6379
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        # from_url: no retries with backoff (redis.Redis() retries 10 times)
-        self.client = redis.Redis.from_url(self.url, socket_timeout=2, socket_connect_timeout=1)
-
-    def alive(self) -> bool:
-        try:
-            return bool(self.client.ping())
-        except redis.RedisError:
-            return False
-
-    def start(self) -> None:
-        subprocess.run(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--daemonize", "yes", "--save", "", "--appendonly", "no", "--dir", "/tmp",
-             "--pidfile", f"/tmp/redis-{self.port}.pid"],
-            check=True, stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(self.alive, 10)
-
-    def stop(self) -> None:
-        subprocess.run(
-            ["redis-cli", "-p", str(self.port), "shutdown", "nosave"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for(lambda: not self.alive(), 10)
-
-    def subscribers(self, channel: str) -> int:
-        return int(dict(self.client.pubsub_numsub(channel)).get(channel.encode(), 0))

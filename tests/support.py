@@ -18,9 +18,33 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DATABASE_URL = os.environ.get("DBOS_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("DBOS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-BROKER_URL = os.environ.get("DBOS_TEST_BROKER_URL", "redis://127.0.0.1:6379/1")
+
+# The services the suite uses: the DBOS_TEST_* variables, else these. When
+# one does not answer, tests/conftest.py starts a private server before any
+# test module is imported, points its variable at it and calls
+# read_service_urls (tests/servers.py).
+SERVICE_DEFAULTS = {
+    "DBOS_TEST_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test",
+    "DBOS_TEST_REDIS_URL": "redis://127.0.0.1:6379/0",
+    "DBOS_TEST_BROKER_URL": "redis://127.0.0.1:6379/1",
+}
+
+
+def _service_url(var: str) -> str:
+    return os.environ.get(var, SERVICE_DEFAULTS[var])
+
+
+DATABASE_URL = _service_url("DBOS_TEST_DATABASE_URL")
+REDIS_URL = _service_url("DBOS_TEST_REDIS_URL")
+BROKER_URL = _service_url("DBOS_TEST_BROKER_URL")
+
+
+def read_service_urls() -> None:
+    """Read DATABASE_URL, REDIS_URL and BROKER_URL from the environment again."""
+    global DATABASE_URL, REDIS_URL, BROKER_URL
+    DATABASE_URL = _service_url("DBOS_TEST_DATABASE_URL")
+    REDIS_URL = _service_url("DBOS_TEST_REDIS_URL")
+    BROKER_URL = _service_url("DBOS_TEST_BROKER_URL")
 
 
 SQLITE_DIR = Path("/tmp/dbos_celery_tests")
@@ -53,9 +77,10 @@ class Env:
     Postgres schema, or (backend "sqlite") a fresh SQLite file."""
 
     schema: str
-    database_url: str = DATABASE_URL
-    redis_url: str | None = REDIS_URL
-    broker_url: str = BROKER_URL
+    # the URLs as they are when the Env is made (read_service_urls may change them)
+    database_url: str = field(default_factory=lambda: DATABASE_URL)
+    redis_url: str | None = field(default_factory=lambda: REDIS_URL)
+    broker_url: str = field(default_factory=lambda: BROKER_URL)
     extra: dict[str, str] = field(default_factory=dict)
     backend: str = "postgres"
 
