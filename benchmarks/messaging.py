@@ -104,7 +104,7 @@ def main() -> None:
         poll_lat = wakeup_latencies(
             ns_poll, schema, "recv-poll", POLL_MESSAGES, lambda: random.uniform(0.02, 0.2)
         )
-        poll_interval = ns_poll.durable.poll_interval
+        poll_interval = ns_poll.durable.services.settings.poll_interval
 
         table("machine", machine())
         head = ("", "p50", "p99", "mean", "n")

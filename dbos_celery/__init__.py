@@ -1,6 +1,6 @@
 """Durable execution for existing Celery apps."""
 
-from .calls import TaskCall
+from .calls.dispatch import TaskCall
 from .context import WorkflowIdFilter
 from .durable import Durable
 from .errors import (

@@ -33,7 +33,7 @@ from .errors import (
     InvalidArgumentError,
     NonExistentWorkflowError,
 )
-from .schema import LATEST_VERSION
+from .store.migrations import LATEST_VERSION
 from .workflow import WorkflowHandle
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_DB = 0, 1, 2, 3, 4
@@ -251,12 +251,12 @@ def run(argv: Sequence[str] | None = None) -> int:
             pub = _Publisher(args)
             try:
                 if args.action == "resume":
-                    handle, enqueued = management.resume(durable, args.workflow_id, pub)
+                    handle, enqueued = management.resume(durable.services, args.workflow_id, pub)
                     if not enqueued:
                         _note(f"workflow {args.workflow_id} is live already; nothing to resume")
                 else:
                     handle, enqueued = management.fork(
-                        durable, args.workflow_id, args.from_step, args.new_id, pub
+                        durable.services, args.workflow_id, args.from_step, args.new_id, pub
                     )
                     if not enqueued:
                         _note(f"workflow {handle.workflow_id} exists already; not forked again")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from .errors import NonDeterministicWorkflowError, NotInWorkflowError
 
 if TYPE_CHECKING:
-    from .database import StepRow
+    from .store.common import StepRow
 
 
 @dataclass

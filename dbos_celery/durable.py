@@ -1,42 +1,44 @@
-"""Durable: binds a Celery app to a database and a wakeup channel.
+"""Durable: the façade and composition root.
 
-Nothing connects at construction: engines, Redis clients and threads are
-made per process on first use (or in Celery's ``worker_process_init`` after
-the prefork pool forks a child), never at import or in the parent.
+It checks the options once (``config``), builds the services the modules
+run on (store, notifier, codec, settings, publish), registers workflows as
+Celery tasks and wires Celery's signals (``celery_hooks``). Nothing connects
+at construction: engines, Redis clients and threads are made per process on
+first use (or in Celery's ``worker_process_init`` after the prefork pool
+forks a child), never at import or in the parent.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from celery import Celery, bootsteps, signals
+from celery import Celery
 from celery.utils.imports import gen_task_name
 
-from . import calls, context, management, messaging
-from . import database as db
-from .database import Database
+from . import config, context, management, messaging, runner
+from .calls.dispatch import Dispatcher, TaskCall
+from .calls.outcome import Outcomes
+from .celery_hooks import CeleryHooks
 from .errors import ConfigurationError, InvalidArgumentError, NonExistentWorkflowError
-from .recovery import ProcessRuntime, Sweeper
+from .keys import channel_prefix
+from .recovery.sweep import Sweeper
 from .serialization import Serializer
+from .services import Services
 from .step import Step
+from .store import steps, workflows
+from .store.engine import Database
+from .store.workers import Recovered
 from .validation import check_id, check_number, check_timeout
-from .wakeup import LocalNotifier, Notifier, RedisNotifier, key
-from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus, execute
+from .wakeup import LocalNotifier, Notifier, RedisNotifier
+from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
 
 P = ParamSpec("P")
 R = TypeVar("R")
-log = logging.getLogger("dbos_celery")
-
-
-# the embedded default: a SQLite file in the working directory
-DEFAULT_DATABASE_URL = "sqlite:///dbos_celery.sqlite"
 
 
 class Durable:
@@ -71,50 +73,29 @@ class Durable:
     ) -> None:
         if not isinstance(app, Celery):
             raise ConfigurationError("Durable(app, ...) needs a celery.Celery app")
-        _check_options(
-            database_url=database_url, redis_url=redis_url, engine=engine, schema=schema,
-            poll_interval=poll_interval, heartbeat_interval=heartbeat_interval,
+        url = config.database_url(database_url, engine)
+        redis = config.redis_url(redis_url)
+        settings = config.Settings(
+            schema=schema, poll_interval=poll_interval, heartbeat_interval=heartbeat_interval,
             worker_timeout=worker_timeout, sweep_interval=sweep_interval,
-            enqueued_timeout=enqueued_timeout, call_redispatch_after=call_redispatch_after,
-            database_retry_timeout=database_retry_timeout,
-            max_recovery_attempts=max_recovery_attempts, max_message_bytes=max_message_bytes,
+            enqueued_timeout=enqueued_timeout, max_recovery_attempts=max_recovery_attempts,
+            max_message_bytes=max_message_bytes, database_retry_timeout=database_retry_timeout,
+            call_redispatch_after=call_redispatch_after, park_after=park_after,
         )  # fmt: skip
-        if engine is None:
-            database_url = (
-                database_url or os.environ.get("DBOS_CELERY_DATABASE_URL") or DEFAULT_DATABASE_URL
-            )
-        if heartbeat_interval <= 0 or worker_timeout <= heartbeat_interval:
-            raise ConfigurationError("worker_timeout must exceed heartbeat_interval (> 0)")
-        if poll_interval <= 0 or sweep_interval <= 0:
-            raise ConfigurationError("poll_interval and sweep_interval must be > 0")
-        if park_after is not None and (isinstance(park_after, bool) or not park_after >= 0):
-            raise ConfigurationError("park_after must be >= 0 seconds, or None (never park)")
         self.app = app
-        self.db = Database(
-            database_url, engine=engine, schema=schema, retry_timeout=database_retry_timeout
+        store = Database(url, engine=engine, schema=schema, retry_timeout=database_retry_timeout)
+        codec = Serializer(serializer)
+        notifier: Notifier = (
+            RedisNotifier(redis, channel_prefix(schema)) if redis else LocalNotifier()
         )
-        self.serializer = Serializer(serializer)
-        redis_url = redis_url or os.environ.get("DBOS_CELERY_REDIS_URL") or None
-        self.notifier: Notifier = (
-            RedisNotifier(redis_url, f"dbos_celery:{schema}:") if redis_url else LocalNotifier()
-        )
-        self.poll_interval = poll_interval
-        self.heartbeat_interval = heartbeat_interval
-        self.worker_timeout = worker_timeout
-        self.sweep_interval = sweep_interval
-        self.enqueued_timeout = enqueued_timeout
-        self.max_recovery_attempts = max_recovery_attempts
-        self.max_message_bytes = max_message_bytes
-        # a wait longer than this parks the workflow (frees its worker slot)
-        self.park_after = park_after
+        self.services = Services(store, notifier, codec, settings, self._publish)
         self.workflows: dict[str, Workflow[Any, Any]] = {}
-        self._runtime: ProcessRuntime | None = None
-        self._sweeper: Sweeper | None = None
-        signals.worker_process_init.connect(self._on_process_init)
-        signals.worker_process_shutdown.connect(self._on_process_shutdown)
-        signals.task_received.connect(self._on_task_received)
-        app.steps["worker"].add(_worker_bootstep(self))
-        self.calls = calls.Calls(self, call_redispatch_after)
+        self._calls = Dispatcher(self.services, app)
+        self._hooks = CeleryHooks(
+            app, self.services, self.workflows.__contains__, self._calls,
+            Outcomes(self.services, app), self.close,
+        )  # fmt: skip
+        self._hooks.install()
 
     # --- decorators ---------------------------------------------------------
 
@@ -139,7 +120,7 @@ class Durable:
                 raise ConfigurationError(f"a workflow named {task_name!r} is already registered")
 
             def run(workflow_id: str) -> None:
-                execute(self, workflow_id)
+                self._execute(workflow_id)
 
             run.__name__ = fn.__name__
             run.__qualname__ = fn.__qualname__
@@ -147,7 +128,7 @@ class Durable:
             run.__doc__ = fn.__doc__
             options = {"ignore_result": True, **task_options}
             task = self.app.task(name=task_name, shared=False, **options)(run)
-            wf = Workflow(self, fn, task_name, task, timeout)
+            wf = Workflow(self.services, fn, task_name, task, self._execute, timeout)
             self.workflows[task_name] = wf
             return wf
 
@@ -181,7 +162,7 @@ class Durable:
             if not callable(f):
                 raise InvalidArgumentError(f"@durable.step() decorates a function, not {f!r}")
             step_name = name or f"{f.__module__}.{f.__qualname__}"
-            return Step(self, f, step_name, max_attempts, interval, backoff, retry_on)
+            return Step(self.services, f, step_name, max_attempts, interval, backoff, retry_on)
 
         return decorate
 
@@ -195,15 +176,15 @@ class Durable:
     def recv(self, topic: str | None = None, timeout: float = 60.0) -> Any:
         """The oldest message for this workflow on ``topic``, or None after
         ``timeout`` seconds (a durable deadline). Exactly once per message."""
-        return messaging.recv(self, topic, timeout)
+        return messaging.recv(self.services, topic, timeout)
 
     def sleep(self, seconds: float) -> None:
         """Sleep durably: a recovered workflow sleeps only for what was left."""
-        messaging.sleep(self, seconds)
+        messaging.sleep(self.services, seconds)
 
     def set_event(self, key: str, value: Any) -> None:
         """Publish a key/value event of this workflow (last write wins)."""
-        messaging.set_event(self, key, value)
+        messaging.set_event(self.services, key, value)
 
     def call(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
         """Run an existing Celery task (a task, a signature keeping its
@@ -212,17 +193,17 @@ class Durable:
         returned (or its exception raised) from the checkpoint the worker
         that ran it wrote. At-least-once: sent again, same id, only if the
         worker running it died or no worker started it in time."""
-        return calls.call(self, task, args, kwargs)
+        return self._calls.call(task, args, kwargs)
 
     def gather(self, *tasks: Any) -> list[Any]:
         """Send several calls (``durable.task(...)`` or signatures) at once;
         their results in order, or, once all have settled, the first
         failure in order. Each is its own checkpoint."""
-        return calls.gather(self, tasks)
+        return self._calls.gather(tasks)
 
-    def task(self, task: Any, /, *args: Any, **kwargs: Any) -> calls.TaskCall:
+    def task(self, task: Any, /, *args: Any, **kwargs: Any) -> TaskCall:
         """A task with its arguments, for ``durable.gather``."""
-        return calls.task_call(self, task, args, kwargs)
+        return self._calls.task_call(task, args, kwargs)
 
     # --- from anywhere ------------------------------------------------------
 
@@ -236,17 +217,17 @@ class Durable:
     ) -> None:
         """Store ``message`` for workflow ``destination_id``. From a workflow:
         exactly once across replays. From outside: once per idempotency key."""
-        messaging.send(self, destination_id, message, topic, idempotency_key)
+        messaging.send(self.services, destination_id, message, topic, idempotency_key)
 
     def get_event(self, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
         """The value of a workflow's event, waiting up to ``timeout`` for it."""
-        return messaging.get_event(self, workflow_id, key, timeout)
+        return messaging.get_event(self.services, workflow_id, key, timeout)
 
     def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
         check_id(workflow_id, "workflow_id")
-        if not self.db.now(db.workflow_exists, workflow_id):
+        if not self.services.store.now(workflows.workflow_exists, workflow_id):
             raise NonExistentWorkflowError(workflow_id)
-        return WorkflowHandle(self, workflow_id)
+        return WorkflowHandle(self.services, workflow_id)
 
     def list_workflows(
         self,
@@ -273,22 +254,23 @@ class Durable:
             raise InvalidArgumentError(f"newest_first must be a bool, got {newest_first!r}")
         after = management.as_utc(created_after, "created_after")
         before = management.as_utc(created_before, "created_before")
-        rows = self.db.now(
-            lambda ex: db.list_workflows(
+        rows = self.services.store.now(
+            lambda ex: workflows.list_workflows(
                 ex, status=status, name=name, parent=parent,
                 limit=limit, offset=offset, newest_first=newest_first,
                 created_after=after, created_before=before,
             )
         )  # fmt: skip
-        return [WorkflowStatus.from_row(self, r) for r in rows]
+        return [WorkflowStatus.from_row(self.services.codec, r) for r in rows]
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
         """The checkpoints recorded for a workflow, in order."""
         check_id(workflow_id, "workflow_id")
-        rows = self.db.now(db.list_steps, workflow_id)
-        if not rows and not self.db.now(db.workflow_exists, workflow_id):
+        store = self.services.store
+        rows = store.now(steps.list_steps, workflow_id)
+        if not rows and not store.now(workflows.workflow_exists, workflow_id):
             raise NonExistentWorkflowError(workflow_id)
-        return [StepInfo.from_row(self, r) for r in rows]
+        return [StepInfo.from_row(self.services.codec, r) for r in rows]
 
     def cancel(self, workflow_id: str) -> bool:
         """Cancel a workflow. ENQUEUED: it never runs. Running: it stops at
@@ -296,14 +278,14 @@ class Durable:
         running finishes, but its checkpoint is not kept). True when this call
         cancelled it; False, and nothing changes, when it had ended already.
         Its children are not cancelled."""
-        return management.cancel(self, workflow_id)
+        return management.cancel(self.services, workflow_id)
 
     def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
         """Run a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow again
         from its checkpoints (recovery count reset, deadline cleared). A live
         workflow is left alone; a finished one raises
         WorkflowNotResumableError (fork it instead)."""
-        return management.resume(self, workflow_id, self.publish)[0]
+        return management.resume(self.services, workflow_id, self._publish)[0]
 
     def fork(
         self, workflow_id: str, from_step: int, new_id: str | None = None
@@ -312,20 +294,16 @@ class Durable:
         checkpoints at seq < ``from_step`` (as ``list_steps`` numbers them)
         and runs the rest again. ``new_id`` defaults to a UUID; forking to an
         existing ``new_id`` of the same workflow returns its handle."""
-        return management.fork(self, workflow_id, from_step, new_id, self.publish)[0]
+        return management.fork(self.services, workflow_id, from_step, new_id, self._publish)[0]
 
     def migrate(self) -> list[int]:
         """Create or upgrade the schema now (otherwise done on first use);
         the schema versions applied (empty: it was up to date)."""
-        return self.db.migrate()
+        return self.services.store.migrate()
 
     # --- plumbing -----------------------------------------------------------
 
-    @staticmethod
-    def done_key(workflow_id: str) -> str:
-        return key("d", workflow_id)
-
-    def publish(self, workflow_id: str, name: str) -> None:
+    def _publish(self, workflow_id: str, name: str) -> None:
         """Publish the Celery message that runs a workflow: only its id."""
         wf = self.workflows.get(name)
         if wf is not None:
@@ -333,107 +311,18 @@ class Durable:
         else:
             self.app.send_task(name, (workflow_id,), task_id=workflow_id)
 
-    def runtime(self) -> ProcessRuntime:
-        """This process's runtime (made anew in a forked child)."""
-        rt = self._runtime
-        if rt is None or rt.pid != os.getpid():
-            rt = self._runtime = ProcessRuntime(self)
-        return rt
+    def _execute(self, workflow_id: str) -> None:
+        runner.execute(self.services, workflow_id, self.workflows)
 
-    def sweep(self) -> list[db.Recovered]:
+    def sweep(self) -> list[Recovered]:
         """Run one recovery sweep now; returns what it re-published, and the
         workflows it cancelled because their deadline passed."""
-        return Sweeper(self, self.publish).sweep_once()
+        sv = self.services
+        return Sweeper(sv.store, sv.settings, sv.notifier, sv.publish).sweep_once()
 
     def close(self) -> None:
         """Stop this process's threads and close what this object created."""
-        if self._sweeper is not None:
-            self._sweeper.stop()
-            self._sweeper = None
-        if self._runtime is not None and self._runtime.pid == os.getpid():
-            self._runtime.stop()
-        self._runtime = None
-        self.notifier.stop()
-        self.db.dispose()
-
-    # --- Celery worker lifecycle --------------------------------------------
-
-    def _mine(self, sender: Any) -> bool:
-        app = getattr(sender, "app", None)
-        return app is self.app
-
-    def _on_process_init(self, **_: Any) -> None:
-        self.runtime().start()
-        self.notifier.start()
-
-    def _on_process_shutdown(self, **_: Any) -> None:
-        if self._runtime is not None and self._runtime.pid == os.getpid():
-            self._runtime.stop()
-            self._runtime = None
-
-    def _on_worker_start(self) -> None:
-        self.db.migrate()
-        self.runtime().start()
-        self.notifier.start()
-        if self._sweeper is None:
-            self._sweeper = Sweeper(self, self.publish)
-            self._sweeper.start()
-
-    def _on_worker_stop(self) -> None:
-        self.close()
-
-    def _on_task_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
-        if not self._mine(sender) or request is None:
-            return
-        if getattr(request, "name", None) in self.workflows:
-            self.runtime().note_reserved(request.id)
-        elif calls.parse_task_id(getattr(request, "id", None)) is not None:
-            self.runtime().note_call_received(request.id)
-
-
-def _check_options(
-    *, database_url: Any, redis_url: Any, engine: Any, schema: Any, **numbers: Any
-) -> None:
-    """Durable(...)'s options, checked before anything connects or is written."""
-    from sqlalchemy import Engine
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    for what, url in (("database_url", database_url), ("redis_url", redis_url)):
-        if url is not None and not isinstance(url, str):
-            raise ConfigurationError(f"{what} must be a str URL, got {type(url).__name__}")
-    if database_url:
-        try:
-            make_url(database_url)
-        except ArgumentError:
-            raise ConfigurationError("database_url is not a valid URL") from None
-    if engine is not None and not isinstance(engine, Engine):
-        raise ConfigurationError(f"engine must be a SQLAlchemy Engine, got {type(engine).__name__}")
-    if isinstance(schema, str) and len(schema.encode("utf-8", "replace")) > 63:
-        raise ConfigurationError(f"schema name {schema!r} is longer than Postgres's 63 bytes")
-    integers = {"max_recovery_attempts": 0, "max_message_bytes": 1}
-    for what, value in numbers.items():
-        try:
-            if what in integers:
-                check_number(value, what, minimum=integers[what], integer=True)
-            else:
-                check_number(value, what, above=what != "database_retry_timeout")
-        except InvalidArgumentError as exc:
-            raise ConfigurationError(f"Durable({exc.message()})") from None
-
-
-def _worker_bootstep(durable: Durable) -> type[bootsteps.StartStopStep]:
-    """A worker bootstep that starts, after the pool has forked, the main
-    process's heartbeat, wakeup subscriber and recovery sweeper."""
-
-    class DurableWorker(bootsteps.StartStopStep):  # type: ignore[misc]
-        name = "dbos_celery"
-        requires = ("celery.worker.components:Pool",)
-
-        def start(self, parent: Any) -> None:
-            durable._on_worker_start()
-
-        def stop(self, parent: Any) -> None:
-            durable._on_worker_stop()
-
-    return DurableWorker
+        self._hooks.stop_sweeper()
+        self.services.stop_runtime()
+        self.services.notifier.stop()
+        self.services.store.dispose()

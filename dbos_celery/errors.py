@@ -215,6 +215,12 @@ class DatabaseUnavailableError(DurableError):
         return f"database unavailable: {self.args[0]}"
 
 
+class CheckpointConflict(DurableError):
+    """A checkpoint is recorded already at this sequence number: another
+    runner wrote it, or an earlier commit of this one whose reply was lost.
+    Raised by the store; a runner turns it into LeaseLostError."""
+
+
 class WorkflowFailedError(DurableError):
     """The workflow ended without a result (cancelled, or recovered too often)."""
 

@@ -27,51 +27,52 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from . import cancellation
-from . import database as db
+from .cancellation import notify_stopped
 from .errors import (
     ConflictingWorkflowIdError,
     InvalidArgumentError,
     NonExistentWorkflowError,
     WorkflowNotResumableError,
 )
+from .status import LIVE
+from .store import workflows
 from .validation import check_id
 from .workflow import WorkflowHandle
 
 if TYPE_CHECKING:
-    from .durable import Durable
+    from .services import Services
 
 log = logging.getLogger("dbos_celery")
 
 Publisher = Callable[[str, str], None]  # (workflow_id, workflow name)
 
 
-def cancel(d: Durable, workflow_id: str) -> bool:
+def cancel(sv: Services, workflow_id: str) -> bool:
     """True when this call cancelled the workflow; False when it had ended
     already (SUCCESS, ERROR, CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED)."""
     check_id(workflow_id, "workflow_id")
-    if d.db.now(db.cancel_workflow, workflow_id):
+    if sv.store.now(workflows.cancel_workflow, workflow_id):
         log.info("workflow %s cancelled", workflow_id, extra={"workflow_id": workflow_id})
-        cancellation.notify_stopped(d, workflow_id)
+        notify_stopped(sv.notifier, workflow_id)
         return True
-    if not d.db.now(db.workflow_exists, workflow_id):
+    if not sv.store.now(workflows.workflow_exists, workflow_id):
         raise NonExistentWorkflowError(workflow_id)
     return False
 
 
 def resume(
-    d: Durable, workflow_id: str, publish: Publisher | None
+    sv: Services, workflow_id: str, publish: Publisher | None
 ) -> tuple[WorkflowHandle[Any], bool]:
     """The handle, and whether a new run was enqueued (and published when
     ``publish`` is given). A live workflow is left alone (False)."""
     check_id(workflow_id, "workflow_id")
-    name = d.db.now(db.resume_workflow, workflow_id)
-    handle: WorkflowHandle[Any] = WorkflowHandle(d, workflow_id)
+    name = sv.store.now(workflows.resume_workflow, workflow_id)
+    handle: WorkflowHandle[Any] = WorkflowHandle(sv, workflow_id)
     if name is None:
-        state = d.db.now(db.lease_state, workflow_id)
+        state = sv.store.now(workflows.lease_state, workflow_id)
         if state is None:
             raise NonExistentWorkflowError(workflow_id)
-        if state[0] in db.LIVE_STATUSES:
+        if state[0] in LIVE:
             return handle, False
         raise WorkflowNotResumableError(workflow_id, state[0])
     log.info("workflow %s resumed", workflow_id, extra={"workflow_id": workflow_id})
@@ -81,7 +82,7 @@ def resume(
 
 
 def fork(
-    d: Durable,
+    sv: Services,
     workflow_id: str,
     from_step: int,
     new_id: str | None,
@@ -97,13 +98,13 @@ def fork(
     if new_id == workflow_id:
         raise InvalidArgumentError("new_id must differ from the forked workflow's id")
     new_id = new_id or str(uuid.uuid4())
-    handle: WorkflowHandle[Any] = WorkflowHandle(d, new_id)
-    name = d.db.run(db.fork_workflow, workflow_id, new_id, from_step)
+    handle: WorkflowHandle[Any] = WorkflowHandle(sv, new_id)
+    name = sv.store.run(workflows.fork_workflow, workflow_id, new_id, from_step)
     if name is None:
-        source = d.db.now(db.workflow_name, workflow_id)
+        source = sv.store.now(workflows.workflow_name, workflow_id)
         if source is None:
             raise NonExistentWorkflowError(workflow_id)
-        existing = d.db.now(db.workflow_name, new_id)
+        existing = sv.store.now(workflows.workflow_name, new_id)
         if existing != source:
             raise ConflictingWorkflowIdError(new_id, str(existing), source)
         return handle, False

@@ -16,85 +16,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import cancellation, context
-from . import database as db
-from .errors import InvalidArgumentError, LeaseLostError, MaxStepAttemptsError, SerializationError
+from .checkpoint import record, replayed
+from .errors import InvalidArgumentError, MaxStepAttemptsError, SerializationError
+from .loops import backoff
 
 if TYPE_CHECKING:
-    from .context import WorkflowContext
-    from .durable import Durable
+    from .services import Services
 
 P = ParamSpec("P")
 R = TypeVar("R")
-T = TypeVar("T")
 log = logging.getLogger("dbos_celery")
-
-
-def write_checkpoint(
-    ex: db.Executor,
-    ctx: WorkflowContext,
-    seq: int,
-    name: str,
-    output: bytes | None,
-    error: bytes | None = None,
-) -> None:
-    """Write one checkpoint (inside a caller's transaction or alone). A failed
-    lease check raises WorkflowCancelledError if the workflow was cancelled,
-    else LeaseLostError (the status is read only on that failure)."""
-    if not db.insert_step(ex, ctx.workflow_id, seq, name, output, error, ctx.executor_id):
-        raise cancellation.lease_failed(ex, ctx)
-
-
-def checkpointed(
-    durable: Durable,
-    ctx: WorkflowContext,
-    fn: Callable[..., T],
-    *args: Any,
-    transaction: bool = False,
-) -> T:
-    """Run ``fn(executor, *args)`` that writes checkpoints: alone in autocommit
-    mode, or as one transaction. A checkpoint already recorded at its sequence
-    number, or a lease held by someone else, means another runner owns this
-    workflow now: stop with LeaseLostError (nothing was written)."""
-    try:
-        if transaction:
-            return durable.db.run(fn, *args)
-        return durable.db.now(fn, *args)
-    except Exception as exc:
-        if db.is_conflict(exc):
-            raise LeaseLostError(ctx.workflow_id) from exc
-        raise
-
-
-def record(
-    durable: Durable,
-    ctx: WorkflowContext,
-    seq: int,
-    name: str,
-    output: bytes | None,
-    error: bytes | None = None,
-) -> None:
-    """Commit one checkpoint: one INSERT, one round trip."""
-    checkpointed(durable, ctx, write_checkpoint, ctx, seq, name, output, error)
-
-
-def replayed(durable: Durable, row: db.StepRow) -> Any:
-    """The recorded outcome of a step: its output, or its exception raised."""
-    if row.error is not None:
-        raise durable.serializer.loads_error(row.error)
-    return durable.serializer.loads(row.output)
-
-
-def durable_deadline(
-    durable: Durable, ctx: WorkflowContext, seq: int, name: str, seconds: float
-) -> float:
-    """The wall-clock deadline of a wait, checkpointed at ``seq`` so that a
-    recovered workflow waits only for the time that was left."""
-    row = ctx.replay(seq, name)
-    if row is not None:
-        return float(durable.serializer.loads(row.output))
-    deadline = time.time() + seconds
-    record(durable, ctx, seq, name, durable.serializer.dumps(deadline))
-    return deadline
 
 
 class Step(Generic[P, R]):
@@ -102,7 +33,7 @@ class Step(Generic[P, R]):
 
     def __init__(
         self,
-        durable: Durable,
+        sv: Services,
         fn: Callable[P, R],
         name: str,
         max_attempts: int,
@@ -114,7 +45,7 @@ class Step(Generic[P, R]):
             raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
         if interval < 0 or backoff < 1:
             raise InvalidArgumentError("interval must be >= 0 and backoff >= 1")
-        self.durable = durable
+        self.sv = sv
         self.fn = fn
         self.name = name
         self.max_attempts = max_attempts
@@ -127,31 +58,31 @@ class Step(Generic[P, R]):
         ctx = context.current()
         if ctx is None or ctx.in_step:
             return self.fn(*args, **kwargs)  # outside a workflow: a plain call
-        durable = self.durable
+        sv = self.sv
         seq = ctx.next_seq()
         row = ctx.replay(seq, self.name)
         if row is not None:
-            return replayed(durable, row)  # type: ignore[no-any-return]
-        cancellation.check(durable, ctx)  # in memory unless a cancel was hinted
+            return replayed(sv.codec, row)  # type: ignore[no-any-return]
+        cancellation.check(sv, ctx)  # in memory unless a cancel was hinted
         ctx.in_step = True
         try:
             output = self._attempts(ctx.workflow_id, args, kwargs)
         except Exception as exc:
             ctx.in_step = False
-            record(durable, ctx, seq, self.name, None, durable.serializer.dumps_error(exc))
+            record(sv, ctx, seq, self.name, None, sv.codec.dumps_error(exc))
             raise
         finally:
             ctx.in_step = False
         try:
-            data = durable.serializer.dumps(output, f"output of step {self.name!r}")
+            data = sv.codec.dumps(output, f"output of step {self.name!r}")
         except SerializationError as exc:
-            record(durable, ctx, seq, self.name, None, durable.serializer.dumps_error(exc))
+            record(sv, ctx, seq, self.name, None, sv.codec.dumps_error(exc))
             raise
-        record(durable, ctx, seq, self.name, data)
+        record(sv, ctx, seq, self.name, data)
         return output
 
     def _attempts(self, workflow_id: str, args: Any, kwargs: Any) -> R:
-        delay = self.interval
+        delays = backoff(self.interval, cap=float("inf"), factor=self.backoff)
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return self.fn(*args, **kwargs)
@@ -160,11 +91,11 @@ class Step(Generic[P, R]):
                     raise
                 if attempt == self.max_attempts:
                     raise MaxStepAttemptsError(self.name, attempt, repr(exc)) from exc
+                delay = next(delays)
                 log.info(
                     "step %s failed (attempt %d of %d: %r); retrying in %.2f s",
                     self.name, attempt, self.max_attempts, exc, delay,
                     extra={"workflow_id": workflow_id},
                 )  # fmt: skip
                 time.sleep(delay)
-                delay *= self.backoff
         raise AssertionError("unreachable")

@@ -12,7 +12,6 @@ After a reconnect it wakes every waiter, since hints may have been missed.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -22,15 +21,7 @@ from typing import Any, Protocol
 
 import redis
 
-log = logging.getLogger("dbos_celery")
-
-SEP = "\x1f"
-
-
-def key(kind: str, workflow_id: str, name: str = "") -> str:
-    """The wakeup key of a mailbox ("m"), an event ("e"), an outcome ("d") or
-    a cancel ("c")."""
-    return f"{kind}{SEP}{workflow_id}{SEP}{name}"
+from .loops import LogOnce, backoff
 
 
 class Waiter:
@@ -173,8 +164,16 @@ class RedisNotifier:
         self._stop = threading.Event()
         self._start_lock = threading.Lock()
         self._subscribed = threading.Event()
-        self._publish_failing = False
-        self._listen_failing = False
+        self._publishing = LogOnce(
+            "Redis wakeup publish failed (%s); messages are still delivered through "
+            "Postgres polling. Logged once until Redis recovers.",
+            "Redis wakeup publish works again",
+        )
+        self._listening = LogOnce(
+            "Redis wakeup subscriber lost its connection (%s); waiters fall back to "
+            "polling until it reconnects",
+            "Redis wakeup subscriber reconnected",
+        )
 
     def _redis(self) -> redis.Redis:
         if self._client is None or self._pid != os.getpid():
@@ -193,17 +192,9 @@ class RedisNotifier:
         try:
             self._redis().publish(self.channel + k, k)
         except (redis.RedisError, OSError) as exc:
-            if not self._publish_failing:
-                log.warning(
-                    "Redis wakeup publish failed (%s); messages are still delivered "
-                    "through Postgres polling. Logged once until Redis recovers.",
-                    exc,
-                )
-                self._publish_failing = True
+            self._publishing.failed(exc)
             return
-        if self._publish_failing:
-            log.info("Redis wakeup publish works again")
-            self._publish_failing = False
+        self._publishing.ok()
 
     def start(self, wait: float = 1.0) -> None:
         self._redis()
@@ -256,7 +247,7 @@ class RedisNotifier:
             pass  # the reader notices the broken connection and reconnects
 
     def _listen(self) -> None:
-        delay = 0.05
+        delays = backoff(0.05, 1.0)
         while not self._stop.is_set():
             pubsub = None
             try:
@@ -270,10 +261,8 @@ class RedisNotifier:
                     pubsub.subscribe(self.channel, *(self.channel + k for k in keys))
                     self._pubsub = pubsub
                 self._subscribed.set()
-                if self._listen_failing:
-                    log.info("Redis wakeup subscriber reconnected")
-                    self._listen_failing = False
-                delay = 0.05
+                self._listening.ok()
+                delays = backoff(0.05, 1.0)
                 self.waiters.wake_all()  # hints may have been lost meanwhile
                 swept = time.monotonic()
                 while not self._stop.is_set():
@@ -288,15 +277,8 @@ class RedisNotifier:
             except (redis.RedisError, OSError, ValueError) as exc:
                 self._pubsub = None
                 self._subscribed.clear()
-                if not self._listen_failing:
-                    log.warning(
-                        "Redis wakeup subscriber lost its connection (%s); waiters fall "
-                        "back to polling until it reconnects",
-                        exc,
-                    )
-                    self._listen_failing = True
-                self._stop.wait(delay)
-                delay = min(delay * 2, 1.0)
+                self._listening.failed(exc)
+                self._stop.wait(next(delays))
             finally:
                 self._pubsub = None
                 if pubsub is not None:

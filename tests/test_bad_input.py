@@ -27,9 +27,9 @@ from dbos_celery import (
     WorkflowNotRegisteredError,
     WorkflowNotResumableError,
 )
-from dbos_celery import schema as s
+from dbos_celery.runner import execute
+from dbos_celery.store import migrations
 from dbos_celery.validation import MAX_ID_LENGTH
-from dbos_celery.workflow import execute
 from tests.apps import relay
 from tests.support import DATABASE_URL, Env
 
@@ -47,7 +47,7 @@ def _with_dest(env: Env) -> SimpleNamespace:
     built = relay.build(env, max_message_bytes=1024)
     built.dest = "dest"  # a finished workflow to aim good-looking calls at
     built.echo.start("done", workflow_id=built.dest)
-    execute(built.durable, built.dest)
+    execute(built.durable.services, built.dest, built.durable.workflows)
     return built
 
 
@@ -269,9 +269,9 @@ CALL_CASES: list[tuple[str, Call, type[Exception]]] = [
      BAD),
     ("result_timeout_negative", lambda n: n.durable.retrieve(n.dest).result(timeout=-1),
      BAD),
-    ("result_of_unknown", lambda n: WorkflowHandle(n.durable, "no-such").result(timeout=1),
+    ("result_of_unknown", lambda n: WorkflowHandle(n.durable.services, "no-such").result(timeout=1),
      NonExistentWorkflowError),
-    ("status_of_unknown", lambda n: WorkflowHandle(n.durable, "no-such").status(),
+    ("status_of_unknown", lambda n: WorkflowHandle(n.durable.services, "no-such").status(),
      NonExistentWorkflowError),
 ]  # fmt: skip
 
@@ -297,7 +297,7 @@ def test_ids_of_exactly_the_limit_are_accepted(env: Env, ns: SimpleNamespace) ->
     wid, topic = "w" * MAX_ID_LENGTH, "t" * MAX_ID_LENGTH
     ns.relay.start(topic, workflow_id=wid)
     ns.durable.send(wid, "m", topic, idempotency_key="k" * MAX_ID_LENGTH)
-    execute(ns.durable, wid)
+    execute(ns.durable.services, wid, ns.durable.workflows)
     assert ns.durable.retrieve(wid).result(timeout=5) == "m"
     assert ns.durable.get_event(wid, topic, timeout=0) == "m"
 
@@ -320,7 +320,7 @@ def test_odd_but_valid_topics_round_trip(env: Env, ns: SimpleNamespace, topic: s
     ns.durable.send(wid, {"n": 1}, topic, idempotency_key=topic)
     ns.durable.send(wid, {"n": 1}, topic, idempotency_key=topic)  # a retry
     assert env.sql("SELECT topic FROM {schema}.messages WHERE topic <> 'another'") == [(topic,)]
-    execute(ns.durable, wid)
+    execute(ns.durable.services, wid, ns.durable.workflows)
     assert ns.durable.retrieve(wid).result(timeout=5) == {"n": 1}
     assert ns.durable.get_event(wid, topic, timeout=0) == {"n": 1}
 
@@ -344,7 +344,7 @@ def test_unregistered_workflow_is_named_and_released(env: Env, ns: SimpleNamespa
     try:
         before = counts(env)
         with pytest.raises(WorkflowNotRegisteredError, match="relay.relay"):
-            execute(other, "orphan")
+            execute(other.services, "orphan", other.workflows)
         assert counts(env) == before
         [(status, executor)] = env.sql(
             "SELECT status, executor_id FROM {schema}.workflows WHERE id = 'orphan'"
@@ -354,12 +354,14 @@ def test_unregistered_workflow_is_named_and_released(env: Env, ns: SimpleNamespa
         other.close()
     # the process that has it runs it
     ns.durable.send("orphan", "m", "t")
-    execute(ns.durable, "orphan")
+    execute(ns.durable.services, "orphan", ns.durable.workflows)
     assert ns.durable.retrieve("orphan").result(timeout=5) == "m"
 
 
 def test_schema_newer_than_code_is_refused_before_writing(env: Env, ns: SimpleNamespace) -> None:
-    env.sql("INSERT INTO {schema}.schema_version (version) VALUES (%s)", s.LATEST_VERSION + 1)
+    env.sql(
+        "INSERT INTO {schema}.schema_version (version) VALUES (%s)", migrations.LATEST_VERSION + 1
+    )
     before = counts(env)
     newer = Durable(Celery("older-code"), env.database_url, schema=env.schema)
     wf = newer.workflow("older.echo")(_fn)
@@ -367,7 +369,7 @@ def test_schema_newer_than_code_is_refused_before_writing(env: Env, ns: SimpleNa
         for attempt in (newer.migrate, lambda: wf.start(), lambda: newer.send("dest", "m")):
             with pytest.raises(SchemaVersionError) as info:
                 attempt()
-            assert f"{s.LATEST_VERSION + 1}" in str(info.value)
+            assert f"{migrations.LATEST_VERSION + 1}" in str(info.value)
     finally:
         newer.close()
     assert counts(env) == before

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import redis
 
-from dbos_celery import database as db
-from dbos_celery.schema import LATEST_VERSION
-from dbos_celery.workflow import execute
+from dbos_celery.runner import execute
+from dbos_celery.store import workflows
+from dbos_celery.store.migrations import LATEST_VERSION
 from tests.apps import manage
 from tests.apps.core import build
 from tests.support import Env, WorkerProcess
@@ -108,7 +108,9 @@ def test_workflow_cancel_resume_and_fork_as_json(env: Env) -> None:
     ns = manage.build(env.vars())
     try:
         ns.steps.start(3, workflow_id="done-1")
-        execute(ns.durable, "done-1")  # run here: SUCCESS with 3 checkpoints
+        execute(
+            ns.durable.services, "done-1", ns.durable.workflows
+        )  # run here: SUCCESS with 3 checkpoints
         ns.steps.start(2, workflow_id="queued-1")
     finally:
         ns.durable.close()
@@ -162,8 +164,10 @@ def test_resume_from_cli_publishes_to_the_broker_and_a_worker_runs_it(
     message it publishes is what a worker runs."""
     ns = manage.build(env.vars())
     try:
-        inputs = ns.durable.serializer.dumps({"args": [2], "kwargs": {}})
-        assert ns.durable.db.now(db.insert_workflow, "cli-1", "mgmt.steps", inputs, None)
+        inputs = ns.durable.services.codec.dumps({"args": [2], "kwargs": {}})
+        assert ns.durable.services.store.now(
+            workflows.insert_workflow, "cli-1", "mgmt.steps", inputs, None
+        )
         assert ns.durable.cancel("cli-1")
         assert _queued_ids(env) == []
 

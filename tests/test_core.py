@@ -20,8 +20,8 @@ from dbos_celery import (
     ResultTimeoutError,
     SerializationError,
 )
-from dbos_celery import database as db
-from dbos_celery.workflow import execute
+from dbos_celery.runner import execute
+from dbos_celery.store import workflows
 from tests.apps.core import OrderRejected, build, open_gate
 from tests.support import BACKENDS, Env, WorkerProcess, app_fixture, start_worker, wait_for
 
@@ -66,7 +66,7 @@ def test_duplicate_delivery_runs_once(
     w = _start(env, workers, "w", concurrency=2)
     handle = ns.five_steps.start(gate_step=1, workflow_id="dup-1")
     ns.five_steps.task.apply_async(("dup-1",), task_id="dup-1")
-    ns.durable.publish("dup-1", "core.five_steps")
+    ns.durable.services.publish("dup-1", "core.five_steps")
     # both extra deliveries reach the free child while the first one holds
     # step 1, and return at once (dropped by the lease) without running it
     done = "Task core.five_steps[dup-1] succeeded"
@@ -93,12 +93,14 @@ def test_duplicate_delivery_during_run_is_dropped_by_lease(
     owner = handle.status().executor_id
     assert owner is not None
 
-    execute(ns.durable, "lease-1")  # a duplicate delivery, in this process
+    execute(
+        ns.durable.services, "lease-1", ns.durable.workflows
+    )  # a duplicate delivery, in this process
 
     assert env.ledger("lease-1") == ["step1", "step2"]
     status = handle.status()
     assert (status.status, status.executor_id) == ("PENDING", owner)
-    assert owner != ns.durable.runtime().executor_id
+    assert owner != ns.durable.services.runtime().executor_id
     open_gate(env.schema, "lease-1", "step2")
     assert handle.result(timeout=30) == FIVE
     assert _effects(env, "lease-1") == dict.fromkeys(FIVE, 1)
@@ -214,8 +216,8 @@ def test_result_of_workflow_that_never_runs_times_out(env: Env, ns: SimpleNamesp
     """result(timeout) raises ResultTimeoutError (a TimeoutError) and leaves
     the workflow as it was."""
     d = ns.durable
-    inputs = d.serializer.dumps({"args": [], "kwargs": {}})
-    assert d.db.run(db.insert_workflow, "idle-1", "core.echo", inputs, None)
+    inputs = d.services.codec.dumps({"args": [], "kwargs": {}})
+    assert d.services.store.run(workflows.insert_workflow, "idle-1", "core.echo", inputs, None)
     handle = d.retrieve("idle-1")
     with pytest.raises(ResultTimeoutError) as info:
         handle.result(timeout=0.2)
@@ -235,7 +237,7 @@ def test_inline_call_runs_durably_and_returns_result(env: Env, ns: SimpleNamespa
     st = ns.durable.retrieve(wid).status()
     assert (st.workflow_id, st.name, st.status) == (wid, "core.echo", "SUCCESS")
     assert (st.recovery_attempts, st.parent_id, st.error) == (0, None, None)
-    assert st.executor_id == ns.durable.runtime().executor_id
+    assert st.executor_id == ns.durable.services.runtime().executor_id
     assert st.created_at.tzinfo is not None and st.created_at <= st.updated_at
     assert ns.durable.retrieve(wid).result(timeout=5) == {"args": [1], "kwargs": {"b": 2}}
 

@@ -24,8 +24,7 @@ from dbos_celery import (
     WorkflowFailedError,
     WorkflowNotResumableError,
 )
-from dbos_celery import database as db
-from dbos_celery import schema as s
+from dbos_celery.store import migrations, workflows
 from tests.apps.core import open_gate
 from tests.apps.manage import build
 from tests.support import Env, WorkerProcess, app_fixture, start_worker, wait_for
@@ -327,15 +326,15 @@ def test_v1_database_gains_the_deadline_column_on_upgrade(env: Env) -> None:
     try:
         d.migrate()
         versions = env.sql("SELECT version FROM {schema}.schema_version ORDER BY version")
-        assert [v for (v,) in versions] == list(range(1, s.LATEST_VERSION + 1))
+        assert [v for (v,) in versions] == list(range(1, migrations.LATEST_VERSION + 1))
         cols = env.sql(
             "SELECT data_type FROM information_schema.columns WHERE table_schema = %s "
             "AND table_name = 'workflows' AND column_name = 'deadline'",
             env.schema,
         )
         assert cols == [("timestamp with time zone",)]
-        inputs = d.serializer.dumps({"args": [], "kwargs": {}})
-        assert d.db.now(db.insert_workflow, "x", "mgmt.steps", inputs, None, 5.0)
+        inputs = d.services.codec.dumps({"args": [], "kwargs": {}})
+        assert d.services.store.now(workflows.insert_workflow, "x", "mgmt.steps", inputs, None, 5.0)
         assert d.retrieve("x").status().deadline is not None
     finally:
         d.close()

@@ -31,8 +31,8 @@ from dbos_celery import (
     SendFromStepError,
     SerializationError,
 )
-from dbos_celery import database as db
-from dbos_celery.workflow import execute
+from dbos_celery.runner import execute
+from dbos_celery.store import messages, workflows
 from tests.apps.messaging import build
 from tests.pgcluster import PrivateRedis
 from tests.support import BACKENDS, REDIS_URL, Env, WorkerProcess, start_worker, wait_for
@@ -395,8 +395,8 @@ def _consume(
     ns: SimpleNamespace, wid: str, barrier: threading.Barrier, got: list[Any], i: int, seq: int
 ) -> None:
     barrier.wait()
-    with ns.durable.db.begin() as conn:  # one connection per thread
-        got[i] = db.consume_message(conn, wid, "race", seq, "durable.recv")
+    with ns.durable.services.store.begin() as conn:  # one connection per thread
+        got[i] = messages.consume_message(conn, wid, "race", seq, "durable.recv")
         time.sleep(0.05)  # hold the transaction open while the others try
 
 
@@ -446,12 +446,12 @@ def test_duplicate_deliveries_consume_message_once(
     h = ns.collect.start(2, "dup", 20, workflow_id="dup")
     wait_for(lambda: waiting_in_recv(env, "dup"), 20, worker.describe)
     for _ in range(3):  # the broker delivers the workflow again, in parallel
-        ns.durable.publish("dup", "msg.collect")
+        ns.durable.services.publish("dup", "msg.collect")
     wait_for(lambda: worker.log_path.read_text().count("msg.collect[dup] succeeded") >= 3, 20)
     ns.durable.send("dup", "x", "dup")
     ns.durable.send("dup", "y", "dup")
     assert h.result(timeout=20) == ["x", "y"]
-    ns.durable.publish("dup", "msg.collect")  # and once more after it finished
+    ns.durable.services.publish("dup", "msg.collect")  # and once more after it finished
     wait_for(lambda: worker.log_path.read_text().count("msg.collect[dup] succeeded") >= 5, 20)
     assert env.ledger("dup") == ["run"]  # only one execution ever ran the body
     assert recv_count(env, "dup") == 2
@@ -467,16 +467,16 @@ def test_recv_losing_to_another_runner_consumes_nothing(
     and without failing the workflow."""
     ns = make_app()
     d = ns.durable
-    inputs = d.serializer.dumps({"args": [1, "z", 10], "kwargs": {}})
-    assert d.db.run(db.insert_workflow, "contested", "msg.collect", inputs, None)
-    runner = threading.Thread(target=execute, args=(d, "contested"))
+    inputs = d.services.codec.dumps({"args": [1, "z", 10], "kwargs": {}})
+    assert d.services.store.run(workflows.insert_workflow, "contested", "msg.collect", inputs, None)
+    runner = threading.Thread(target=execute, args=(d.services, "contested", d.workflows))
     runner.start()
     wait_for(lambda: waiting_in_recv(env, "contested"), 10)
     # the other runner's recv, checkpointed at the same sequence number
     env.sql(
         "INSERT INTO {schema}.steps (workflow_id, seq, name, output) "
         "VALUES ('contested', 0, 'durable.recv', %s)",
-        d.serializer.dumps("theirs"),
+        d.services.codec.dumps("theirs"),
     )
     d.send("contested", "mine", "z")
     runner.join(15)
@@ -486,7 +486,7 @@ def test_recv_losing_to_another_runner_consumes_nothing(
     assert status.status != "ERROR", status.error
     # whoever runs it next replays the other runner's recv
     if status.status == "ENQUEUED":
-        execute(d, "contested")
+        execute(d.services, "contested", d.workflows)
     assert d.retrieve("contested").result(timeout=10) == ["theirs"]
     assert stored_messages(env, "contested") == [("z", "mine")]
 
@@ -604,7 +604,7 @@ def test_event_set_in_worker_is_seen_by_another_process(
     if wakeups == "polling":
         env.redis_url = None
     ns = make_app()
-    assert ns.durable.notifier.__class__.__name__ == (
+    assert ns.durable.services.notifier.__class__.__name__ == (
         "RedisNotifier" if wakeups == "redis" else "LocalNotifier"
     )
     worker = _start_worker(env, workers)
@@ -668,7 +668,8 @@ def test_send_succeeds_with_redis_down_and_logs_the_failure_once(
 def test_subscriptions_follow_waiters_and_linger_briefly(services: None) -> None:
     """A process subscribes to a key's channel only while (or just after)
     one of its waiters waits for it, and never misses the hint meanwhile."""
-    from dbos_celery.wakeup import RedisNotifier, key
+    from dbos_celery.keys import key
+    from dbos_celery.wakeup import RedisNotifier
 
     client = redis.Redis.from_url(REDIS_URL)
     prefix = f"dbos_celery:linger-{uuid.uuid4().hex[:8]}:"

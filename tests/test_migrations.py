@@ -14,7 +14,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 
 from dbos_celery import Durable, SchemaVersionError
-from dbos_celery import schema as s
+from dbos_celery.store import migrations, tables
 from tests.support import DATABASE_URL, Env
 
 TABLES = {"schema_version", "workflows", "steps", "messages", "send_keys", "events", "workers"}
@@ -68,7 +68,7 @@ def test_concurrent_migrations_apply_each_version_once(env: Env, fresh_schemas: 
 
     assert env.sql("SELECT count(*) FROM pg_namespace WHERE nspname = %s", schema) == [(1,)]
     versions = env.sql(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
-    assert [v for (v,) in versions] == list(range(1, s.LATEST_VERSION + 1))
+    assert [v for (v,) in versions] == list(range(1, migrations.LATEST_VERSION + 1))
     tables = env.sql(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", schema
     )
@@ -117,7 +117,9 @@ def test_migrated_schema_equals_declared_tables(env: Env, fresh_schemas: list[st
     try:
         with engine.begin() as conn:
             conn.execute(text(f'CREATE SCHEMA "{declared}"'))
-            s.metadata.create_all(conn.execution_options(schema_translate_map={None: declared}))
+            tables.metadata.create_all(
+                conn.execution_options(schema_translate_map={None: declared})
+            )
     finally:
         engine.dispose()
 
@@ -134,7 +136,10 @@ def test_schema_newer_than_code_is_refused(env: Env, fresh_schemas: list[str]) -
         d.migrate()
     finally:
         d.close()
-    env.sql(f'INSERT INTO "{schema}".schema_version (version) VALUES (%s)', s.LATEST_VERSION + 1)
+    env.sql(
+        f'INSERT INTO "{schema}".schema_version (version) VALUES (%s)',
+        migrations.LATEST_VERSION + 1,
+    )
 
     newer = _durable(schema)
     try:
@@ -145,4 +150,7 @@ def test_schema_newer_than_code_is_refused(env: Env, fresh_schemas: list[str]) -
     finally:
         newer.close()
     versions = env.sql(f'SELECT version FROM "{schema}".schema_version ORDER BY version')
-    assert [v for (v,) in versions] == [*range(1, s.LATEST_VERSION + 1), s.LATEST_VERSION + 1]
+    assert [v for (v,) in versions] == [
+        *range(1, migrations.LATEST_VERSION + 1),
+        migrations.LATEST_VERSION + 1,
+    ]

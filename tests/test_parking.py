@@ -16,7 +16,7 @@ import pytest
 from celery import Celery
 
 from dbos_celery import ConfigurationError, Durable, WorkflowFailedError
-from dbos_celery.wakeup import key
+from dbos_celery.keys import key
 from tests.apps.park import build
 from tests.support import Env, WorkerProcess, app_fixture, max_overlap, start_worker, wait_for
 
@@ -244,4 +244,4 @@ def test_park_after_must_be_none_or_non_negative() -> None:
     for bad in (-1.0, True, float("nan")):
         with pytest.raises(ConfigurationError):
             Durable(app, url, park_after=bad)
-    assert Durable(app, url, park_after=None).park_after is None
+    assert Durable(app, url, park_after=None).services.settings.park_after is None

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dbos_celery.wakeup import key
+from dbos_celery.keys import key
 from tests.apps.parkcalls import build
 from tests.support import (
     Env,
@@ -228,7 +228,7 @@ def test_child_result_timeout_is_durable_across_a_kill(
     parent = ns.parent.start("t", 600.0, workflow_id="tp")
     wait_for(lambda: _deadline_of(env, "tp") is not None, 30, w1.describe)
     w1.kill()
-    soon = ns.durable.serializer.dumps(time.time() + 1.0)
+    soon = ns.durable.services.codec.dumps(time.time() + 1.0)
     env.sql(
         "UPDATE {schema}.steps SET output = %s WHERE workflow_id = 'tp' "
         "AND name = 'durable.deadline'",

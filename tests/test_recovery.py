@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from dbos_celery import NonDeterministicWorkflowError, WorkflowFailedError
-from dbos_celery import database as db
+from dbos_celery.store import workflows
 from tests.apps.core import build, open_gate
 from tests.pgcluster import PrivateRedis
 from tests.support import BACKENDS, Env, WorkerProcess, app_fixture, start_worker, wait_for
@@ -163,8 +163,10 @@ def test_row_committed_but_never_published_is_swept_and_runs(
     """A crash between start()'s commit and its Celery publish leaves an
     ENQUEUED row and no message; the recovery sweep publishes it."""
     d = ns.durable
-    inputs = d.serializer.dumps({"args": [], "kwargs": {}})
-    assert d.db.run(db.insert_workflow, "orphan-1", "core.five_steps", inputs, None)
+    inputs = d.services.codec.dumps({"args": [], "kwargs": {}})
+    assert d.services.store.run(
+        workflows.insert_workflow, "orphan-1", "core.five_steps", inputs, None
+    )
     broker = redis.Redis.from_url(env.broker_url)
     try:
         assert broker.llen(env.queue) == 0  # really never published
@@ -192,8 +194,10 @@ def test_sweep_publish_failing_while_the_broker_is_down_keeps_the_row_due(
     ns = build(env.vars())
     d = ns.durable
     try:
-        inputs = d.serializer.dumps({"args": [], "kwargs": {}})
-        assert d.db.run(db.insert_workflow, "unsent", "core.five_steps", inputs, None)
+        inputs = d.services.codec.dumps({"args": [], "kwargs": {}})
+        assert d.services.store.run(
+            workflows.insert_workflow, "unsent", "core.five_steps", inputs, None
+        )
         broker.stop()
         time.sleep(1.2)  # older than enqueued_timeout: the sweep publishes it
         for _ in range(3):  # three sweeps while the broker is down

@@ -14,7 +14,7 @@ import pytest
 from celery import Celery
 
 from dbos_celery import DatabaseUnavailableError, Durable, SerializationError
-from dbos_celery.workflow import execute
+from dbos_celery.runner import execute
 from tests.apps import relay
 from tests.support import Env
 
@@ -57,7 +57,7 @@ def armed(tmp_path: Path) -> tuple[bytes, Path]:
 def test_default_serializer_is_json(env: Env) -> None:
     d = Durable(Celery("sec"), env.database_url, schema=env.schema)
     try:
-        assert d.serializer.name == "json"
+        assert d.services.codec.name == "json"
     finally:
         d.close()
 
@@ -68,7 +68,7 @@ def test_pickle_planted_in_workflow_inputs_is_not_executed(
     payload, marker = armed
     ns.echo.start("harmless", workflow_id="planted")
     env.sql("UPDATE {schema}.workflows SET inputs = %s WHERE id = 'planted'", payload)
-    execute(ns.durable, "planted")  # the worker reads the inputs
+    execute(ns.durable.services, "planted", ns.durable.workflows)  # the worker reads the inputs
     with pytest.raises(SerializationError):
         ns.durable.retrieve("planted").result(timeout=5)
     assert ns.durable.retrieve("planted").status().status == "ERROR"
@@ -95,7 +95,7 @@ def test_pickle_planted_in_step_output_and_event_is_not_executed(
         ns.durable.list_steps("planted")
     with pytest.raises(SerializationError):
         ns.durable.get_event("planted", "e", timeout=0)
-    execute(ns.durable, "planted")  # replays the recorded recv
+    execute(ns.durable.services, "planted", ns.durable.workflows)  # replays the recorded recv
     with pytest.raises(SerializationError):
         ns.durable.retrieve("planted").result(timeout=5)
     assert not marker.exists()
@@ -134,10 +134,10 @@ def test_sql_looking_ids_topics_and_keys_round_trip(
     d.send(text, text, text, idempotency_key=text)
     d.send(text, text, text, idempotency_key=text)  # a retry: stored once
     assert env.sql("SELECT destination_id, topic, payload FROM {schema}.messages") == [
-        (text, text, d.serializer.dumps(text))
+        (text, text, d.services.codec.dumps(text))
     ]
     assert env.sql("SELECT idempotency_key FROM {schema}.send_keys") == [(text,)]
-    execute(d, text)
+    execute(d.services, text, d.workflows)
     assert d.retrieve(text).result(timeout=5) == text
     assert d.get_event(text, text, timeout=0) == text
     assert [w.workflow_id for w in d.list_workflows()] == [text]
@@ -171,13 +171,19 @@ def test_password_not_in_errors_reprs_or_logs(caplog: pytest.LogCaptureFixture) 
     caplog.set_level(logging.DEBUG, logger="dbos_celery")
     d = Durable(Celery("sec"), DEAD_URL, schema="sec", database_retry_timeout=0.3)
     try:
-        texts = [repr(d), repr(d.db), str(d.db.url), repr(d.db.url), repr(vars(d.db))]
+        texts = [
+            repr(d),
+            repr(d.services.store),
+            str(d.services.store.url),
+            repr(d.services.store.url),
+            repr(vars(d.services.store)),
+        ]
         for attempt in (d.migrate, lambda: d.list_workflows(), lambda: d.send("w", "m")):
             with pytest.raises(DatabaseUnavailableError) as info:
                 attempt()
             texts.append(_chain(info.value))
             assert "127.0.0.1" in str(info.value)  # the error still says where
-        d.db._migrated = True  # also the retry loop of an ordinary statement
+        d.services.store._migrated = True  # also the retry loop of an ordinary statement
         with pytest.raises(DatabaseUnavailableError) as info:
             d.retrieve("w")
         texts.append(_chain(info.value))

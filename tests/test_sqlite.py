@@ -41,7 +41,7 @@ def test_default_is_a_sqlite_file_in_the_working_directory_and_runs_workflows(
 ) -> None:
     app = _app()
     durable = Durable(app)
-    assert isinstance(durable.notifier, LocalNotifier)  # no Redis either
+    assert isinstance(durable.services.notifier, LocalNotifier)  # no Redis either
     effects: list[str] = []
 
     @durable.step()
@@ -83,7 +83,7 @@ def test_environment_variables_name_the_database_and_redis(
     monkeypatch.setenv("DBOS_CELERY_DATABASE_URL", f"sqlite:///{target}")
     monkeypatch.setenv("DBOS_CELERY_REDIS_URL", REDIS_URL)
     durable = Durable(_app())
-    assert isinstance(durable.notifier, RedisNotifier)
+    assert isinstance(durable.services.notifier, RedisNotifier)
 
     @durable.workflow()
     def noop() -> int:
@@ -112,7 +112,7 @@ def test_urls_without_a_shared_file_or_of_other_databases_are_refused(
 def test_a_file_used_by_workers_of_two_hosts_is_refused(workdir: Path) -> None:
     durable = Durable(_app())
     try:
-        durable.runtime().start()  # this host's worker: fine
+        durable.services.runtime().start()  # this host's worker: fine
         conn = sqlite3.connect(workdir / "dbos_celery.sqlite", isolation_level=None)
         conn.execute(
             "INSERT INTO workers (id, hostname, pid) VALUES ('other:1:x', 'other-machine', 1)"
@@ -121,7 +121,7 @@ def test_a_file_used_by_workers_of_two_hosts_is_refused(workdir: Path) -> None:
         late = Durable(_app())
         try:
             with pytest.raises(ConfigurationError, match="other-machine") as info:
-                late.runtime().start()
+                late.services.runtime().start()
             assert socket.gethostname() in str(info.value)
         finally:
             late.close()

@@ -128,7 +128,7 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
         return durable.recv("t", timeout=0)
 
     def bad_call(case: str, destination_id: str) -> None:
-        huge = "x" * (durable.max_message_bytes + 1)
+        huge = "x" * (durable.services.settings.max_message_bytes + 1)
         calls: dict[str, Any] = {
             "send_unknown_destination": lambda: durable.send("no-such-workflow", "x"),
             "send_unserializable": lambda: durable.send(destination_id, object()),

@@ -300,7 +300,7 @@ class Chaos:
         n = self.cfg.workflows
         res = Result(self.seed)
         v = res.violations
-        ser = self.ns.durable.serializer
+        ser = self.ns.durable.services.codec
         rows = self.lib_sql("SELECT id, status, output, recovery_attempts FROM {schema}.workflows")
         by_id = {r[0]: r for r in rows}
         statuses: Counter[str] = Counter(r[1] for r in rows)

@@ -1,16 +1,12 @@
-"""Heartbeats and the recovery sweep.
+"""Heartbeats: the liveness of each process that runs workflows.
 
-Every process that runs workflows has a :class:`ProcessRuntime`: an executor
-id, and a heartbeat thread that keeps its row in ``workers`` fresh (and
-records which workflow messages this process has received but not started,
-so that a dead worker's prefetched messages are found at once); each beat
-also asks which of the workflows the process runs are no longer its own
-(cancelled, timed out, taken over), so that they stop even without a Redis
-hint. The worker's
-main process also runs a :class:`Sweeper`: one sweep at a time across the
-cluster (an advisory lock) re-publishes the workflows of dead executors and
-enqueued workflows that no worker received. Recovery never waits for the
-broker's visibility timeout nor relies on acks_late.
+Every such process has a :class:`ProcessRuntime`: an executor id, and a
+heartbeat thread that keeps its row in ``workers`` fresh and records which
+workflow messages this process has received but not started (so that a dead
+worker's prefetched messages are found at once). Each beat also asks which
+of the workflows the process runs are no longer its own (cancelled, timed
+out, taken over), so that they stop even without a Redis hint, and gives
+back the leases of runs it stopped while the database was away.
 """
 
 from __future__ import annotations
@@ -23,12 +19,14 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import cancellation
-from . import database as db
+from ..keys import cancel_key, parse_task_id
+from ..loops import Periodic
+from ..store import steps, workers, workflows
 
 if TYPE_CHECKING:
-    from .context import WorkflowContext
-    from .durable import Durable
+    from ..config import Settings
+    from ..context import WorkflowContext
+    from ..store.engine import Database
 
 log = logging.getLogger("dbos_celery")
 
@@ -36,8 +34,17 @@ log = logging.getLogger("dbos_celery")
 class ProcessRuntime:
     """Per-process state: created lazily, and again after a fork."""
 
-    def __init__(self, durable: Durable) -> None:
-        self.durable = durable
+    def __init__(
+        self,
+        store: Database,
+        settings: Settings,
+        publish: Callable[[str, str], None],
+        wake: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.publish = publish
+        self._wake = wake  # wakes this process's waiters of a key
         self.pid = os.getpid()
         self.hostname = socket.gethostname()
         self.executor_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
@@ -50,21 +57,25 @@ class ProcessRuntime:
         self._handed_back: dict[str, str | None] = {}
         self._lock = threading.Lock()  # guards _reserved, _running, _handed_back
         self._start_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: Periodic | None = None
 
     def start(self) -> None:
         """Write the first heartbeat before any claim, then keep beating."""
-        if self._thread is not None:
+        if self._loop is not None:
             return
         with self._start_lock:
-            if self._thread is not None:
+            if self._loop is not None:
                 return
             self._beat()
-            self._thread = threading.Thread(
-                target=self._loop, name="dbos-celery-heartbeat", daemon=True
+            loop = Periodic(
+                "dbos-celery-heartbeat",
+                self.settings.heartbeat_interval,
+                self._tick,
+                failed="heartbeat failed (%s); retrying",
+                recovered="heartbeat works again",
             )
-            self._thread.start()
+            loop.start()
+            self._loop = loop
 
     def note_call_received(self, task_id: str) -> None:
         with self._lock:
@@ -99,17 +110,16 @@ class ProcessRuntime:
                         extra={"workflow_id": workflow_id})  # fmt: skip
 
     def _give_back(self, workflow_id: str, name: str | None) -> None:
-        d = self.durable
-        released = d.db.now(db.release_workflow, workflow_id, self.executor_id)
+        released = self.store.now(workflows.release_workflow, workflow_id, self.executor_id)
         with self._lock:
             self._handed_back.pop(workflow_id, None)
         if not released:
             return  # finished, or another runner owns it now
         try:
             if name is None:
-                name = d.db.now(db.workflow_name, workflow_id)
+                name = self.store.now(workflows.workflow_name, workflow_id)
             if name is not None:
-                d.publish(workflow_id, name)
+                self.publish(workflow_id, name)
         except Exception as exc:  # ENQUEUED: the sweep publishes it after enqueued_timeout
             log.warning("workflow %s given back but not published (%s)", workflow_id, exc,
                         extra={"workflow_id": workflow_id})  # fmt: skip
@@ -122,6 +132,11 @@ class ProcessRuntime:
             log.info("workflow %s given back after a database outage", workflow_id,
                      extra={"workflow_id": workflow_id})  # fmt: skip
 
+    def _tick(self) -> None:
+        self._beat()
+        self._check_running()
+        self._retry_hand_backs()
+
     def _beat(self) -> None:
         held = _held_by_consumer() if self._tracked or self._calls else set()
         with self._lock:
@@ -131,8 +146,8 @@ class ProcessRuntime:
             # reset; the database forgets the reservation of the latter so
             # that the sweep re-publishes them
             dropped = sorted(self._tracked - held - set(reserved))
-        self.durable.db.run(
-            db.heartbeat, self.executor_id, self.hostname, self.pid, reserved, dropped
+        self.store.run(
+            workers.heartbeat, self.executor_id, self.hostname, self.pid, reserved, dropped
         )
         with self._lock:
             self._tracked.difference_update(dropped)
@@ -149,8 +164,6 @@ class ProcessRuntime:
         already running is not stopped (tasks are at-least-once)."""
         from celery.worker import state
 
-        from .calls import parse_task_id
-
         # only copies waiting for a slot: a running one cannot be revoked,
         # so there is nothing to ask the database about it
         waiting = {r.id for r in state.reserved_requests if r not in state.active_requests}
@@ -158,7 +171,7 @@ class ProcessRuntime:
         pairs = [c for c in by_call if c is not None]
         if not pairs:
             return
-        settled = [by_call[c] for c in self.durable.db.now(db.settled_calls, pairs)]
+        settled = [by_call[c] for c in self.store.now(steps.settled_calls, pairs)]
         for task_id in settled:
             state.revoked.add(task_id)
             log.info("durable.call task %s: its outcome is recorded; the copy this worker "
@@ -174,31 +187,17 @@ class ProcessRuntime:
         if not running:
             return
         ids = sorted({c.workflow_id for c in running})
-        gone = set(self.durable.db.now(db.not_running_here, ids, self.executor_id))
-        if gone:
-            cancellation.flag(self.durable, [c for c in running if c.workflow_id in gone])
-
-    def _loop(self) -> None:
-        failing = False
-        while not self._stop.wait(self.durable.heartbeat_interval):
-            try:
-                self._beat()
-                self._check_running()
-                self._retry_hand_backs()
-                if failing:
-                    log.info("heartbeat works again")
-                    failing = False
-            except Exception as exc:
-                if not failing:
-                    log.warning("heartbeat failed (%s); retrying", exc)
-                    failing = True
+        gone = set(self.store.now(workflows.not_running_here, ids, self.executor_id))
+        for ctx in running:
+            if ctx.workflow_id in gone:
+                ctx.stop_hint = True  # read the status at the next boundary
+                self._wake(cancel_key(ctx.workflow_id))
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=3)
+        if self._loop is not None:
+            self._loop.stop(timeout=3)
         try:
-            self.durable.db.now(db.delete_worker, self.executor_id)
+            self.store.now(workers.delete_worker, self.executor_id)
         except Exception as exc:
             log.warning("could not remove worker row %s (%s)", self.executor_id, exc)
 
@@ -210,78 +209,3 @@ def _held_by_consumer() -> set[str]:
     from celery.worker import state
 
     return set(state.requests)
-
-
-class Sweeper:
-    """Runs the recovery sweep every ``sweep_interval`` seconds in a thread."""
-
-    def __init__(self, durable: Durable, publish: Callable[[str, str], None]) -> None:
-        self.durable = durable
-        self.publish = publish
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def sweep_once(self) -> list[db.Recovered]:
-        d = self.durable
-        recovered = d.db.run(
-            db.sweep,
-            d.db.schema,
-            d.worker_timeout,
-            d.max_recovery_attempts,
-            d.enqueued_timeout,
-        )
-        recovered = recovered or []
-        for i, r in enumerate(recovered):
-            if r.status in (db.WOKEN, db.ENQUEUED):
-                if r.status == db.WOKEN:  # a parked workflow: what it waits for came
-                    log.debug("waking parked workflow %s (%s)", r.id, r.name,
-                              extra={"workflow_id": r.id})  # fmt: skip
-                else:
-                    log.info("recovering workflow %s (%s)", r.id, r.name,
-                             extra={"workflow_id": r.id})  # fmt: skip
-                try:
-                    self.publish(r.id, r.name)
-                except Exception:
-                    # the broker is down: these are due again at the next pass
-                    rest = [x.id for x in recovered[i:] if x.status in (db.WOKEN, db.ENQUEUED)]
-                    d.db.now(db.publish_failed, rest, d.enqueued_timeout)
-                    raise
-            elif r.status == db.CANCELLED:
-                log.info("workflow %s passed its deadline; cancelled", r.id,
-                         extra={"workflow_id": r.id})  # fmt: skip
-                cancellation.notify_stopped(d, r.id)
-            else:
-                log.error(
-                    "workflow %s exceeded max_recovery_attempts=%d; not retrying it",
-                    r.id,
-                    d.max_recovery_attempts,
-                    extra={"workflow_id": r.id},
-                )
-                d.notifier.notify(d.done_key(r.id))
-        return recovered
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._loop, name="dbos-celery-sweeper", daemon=True
-            )
-            self._thread.start()
-
-    def _loop(self) -> None:
-        failing = False
-        while True:
-            try:
-                self.sweep_once()
-                failing = False
-            except Exception as exc:
-                if not failing:
-                    log.warning("recovery sweep failed (%s); retrying", exc)
-                    failing = True
-            if self._stop.wait(self.durable.sweep_interval):
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None

@@ -1,0 +1,95 @@
+"""The recovery sweep: one at a time across the cluster (a lock), run every
+``sweep_interval`` by each worker's main process.
+
+It cancels the live workflows whose deadline passed, wakes parked ones whose
+time came or whose awaited message, event or outcome exists, and
+re-publishes the workflows of dead executors, the messages prefetched by a
+worker that died, and enqueued workflows that no worker received (with
+exponential backoff). Recovery never waits for the broker's visibility
+timeout nor relies on acks_late.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..cancellation import notify_stopped
+from ..keys import done_key
+from ..loops import Periodic
+from ..status import Status
+from ..store import workers
+from ..store.workers import WOKEN, Recovered
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..store.engine import Database
+    from ..wakeup import Notifier
+
+log = logging.getLogger("dbos_celery")
+
+
+class Sweeper:
+    """Runs the recovery sweep now (``sweep_once``) or every
+    ``sweep_interval`` seconds in a thread (``start``)."""
+
+    def __init__(
+        self,
+        store: Database,
+        settings: Settings,
+        notifier: Notifier,
+        publish: Callable[[str, str], None],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.notifier = notifier
+        self.publish = publish
+        self._loop = Periodic(
+            "dbos-celery-sweeper",
+            settings.sweep_interval,
+            self._sweep,
+            first=True,
+            failed="recovery sweep failed (%s); retrying",
+        )
+
+    def _sweep(self) -> None:
+        self.sweep_once()
+
+    def sweep_once(self) -> list[Recovered]:
+        s = self.settings
+        found = self.store.run(
+            workers.sweep, s.schema, s.worker_timeout, s.max_recovery_attempts, s.enqueued_timeout
+        )
+        recovered = found or []
+        for i, r in enumerate(recovered):
+            if r.status in (WOKEN, Status.ENQUEUED):
+                self._republish(r, recovered[i:])
+            elif r.status == Status.CANCELLED:
+                log.info("workflow %s passed its deadline; cancelled", r.id,
+                         extra={"workflow_id": r.id})  # fmt: skip
+                notify_stopped(self.notifier, r.id)
+            else:
+                log.error("workflow %s exceeded max_recovery_attempts=%d; not retrying it",
+                          r.id, s.max_recovery_attempts, extra={"workflow_id": r.id})  # fmt: skip
+                self.notifier.notify(done_key(r.id))
+        return recovered
+
+    def _republish(self, r: Recovered, rest: list[Recovered]) -> None:
+        if r.status == WOKEN:  # a parked workflow: what it waits for came
+            log.debug("waking parked workflow %s (%s)", r.id, r.name, extra={"workflow_id": r.id})
+        else:
+            log.info("recovering workflow %s (%s)", r.id, r.name, extra={"workflow_id": r.id})
+        try:
+            self.publish(r.id, r.name)
+        except Exception:
+            # the broker is down: these are due again at the next pass
+            due = [x.id for x in rest if x.status in (WOKEN, Status.ENQUEUED)]
+            self.store.now(workers.publish_failed, due, self.settings.enqueued_timeout)
+            raise
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop(timeout=5)

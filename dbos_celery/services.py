@@ -1,0 +1,56 @@
+"""The narrow pieces that the modules of the package receive.
+
+``Durable`` (the façade) builds one :class:`Services` and passes it down;
+a module takes what it uses from it: the store, the notifier, the codec,
+the settings, the publish function, and this process's runtime. No module
+but the façade and the CLI knows ``Durable``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from .config import Settings
+from .recovery.heartbeat import ProcessRuntime
+from .serialization import Serializer
+from .store.engine import Database
+from .wakeup import Notifier
+
+Publish = Callable[[str, str], None]  # (workflow id, workflow name): send its Celery message
+
+
+class Services:
+    """What the workflows of one Durable run on."""
+
+    __slots__ = ("store", "notifier", "codec", "settings", "publish", "_runtime")
+
+    def __init__(
+        self,
+        store: Database,
+        notifier: Notifier,
+        codec: Serializer,
+        settings: Settings,
+        publish: Publish,
+    ) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.codec = codec
+        self.settings = settings
+        self.publish = publish
+        self._runtime: ProcessRuntime | None = None
+
+    def runtime(self) -> ProcessRuntime:
+        """This process's runtime (made anew in a forked child)."""
+        rt = self._runtime
+        if rt is None or rt.pid != os.getpid():
+            rt = self._runtime = ProcessRuntime(
+                self.store, self.settings, self.publish, self.notifier.waiters.wake
+            )
+        return rt
+
+    def stop_runtime(self) -> None:
+        """Stop this process's runtime, if it made one."""
+        rt, self._runtime = self._runtime, None
+        if rt is not None and rt.pid == os.getpid():
+            rt.stop()

@@ -1,0 +1,361 @@
+"""The connection pool of one process, transactions, retries and SQLite glue.
+
+Statements are written with SQLAlchemy Core and built once, at import, with
+named bind parameters; each is compiled to SQL once per schema and run on the
+driver's connection directly (statement building and SQLAlchemy's execution
+layer cost more than the round trip they wrap). Each statement is a small
+function taking an :class:`Executor`, in the module of its table group.
+
+Two backends: Postgres through psycopg 3 (production), and a SQLite file
+(the embedded default: one machine, its processes serialized by the file's
+write lock). Functions that differ between them are in ``dialect.py``; the
+few Postgres statements that modify rows inside a CTE run as two statements
+in one transaction on SQLite (``Executor.atomic``).
+
+``Database.now`` runs one statement in autocommit mode (one round trip);
+``Database.run`` runs several in one transaction. Lost connections (SQLite:
+a lock held too long) are retried with backoff for a bounded time, then
+surface as :class:`DatabaseUnavailableError` with the driver error as
+``__cause__``; a unique violation (a checkpoint recorded already) surfaces
+as :class:`CheckpointConflict`. Nothing outside the store imports
+SQLAlchemy or a driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import errors as pg_errors
+from sqlalchemy import Engine, NullPool, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.expression import ClauseElement
+
+from ..errors import (
+    CheckpointConflict,
+    ConfigurationError,
+    DatabaseUnavailableError,
+)
+from ..loops import backoff
+from . import migrations
+from .migrations import quote
+
+log = logging.getLogger("dbos_celery")
+T = TypeVar("T")
+
+
+DBAPIConnection = psycopg.Connection[Any] | sqlite3.Connection
+
+
+class Executor:
+    """Runs Core statements on one driver connection; SQL compiled once."""
+
+    __slots__ = ("_conn", "_db", "sqlite")
+
+    def __init__(self, conn: DBAPIConnection, database: Database) -> None:
+        self._conn = conn
+        self._db = database
+        self.sqlite = database.sqlite
+
+    def rows(
+        self, stmt: ClauseElement, params: dict[str, Any] | None = None, *, cache: bool = True
+    ) -> list[tuple[Any, ...]]:
+        cur = self._execute(stmt, params, cache)
+        return cur.fetchall() if cur.description is not None else []
+
+    def first(self, stmt: ClauseElement, params: dict[str, Any] | None = None) -> Any:
+        cur = self._execute(stmt, params, True)
+        if self.sqlite:  # step the statement to its end before anything else runs
+            got = cur.fetchall()
+            return got[0] if got else None
+        return cur.fetchone()
+
+    def count(self, stmt: ClauseElement, params: dict[str, Any] | None = None) -> int:
+        """Rows changed by an UPDATE / DELETE / INSERT."""
+        return int(self._execute(stmt, params, True).rowcount)
+
+    def atomic(self) -> AbstractContextManager[None]:
+        """One transaction around several statements on SQLite, where a
+        Postgres statement that changes rows in a CTE is split in two."""
+        if isinstance(self._conn, sqlite3.Connection) and not self._conn.in_transaction:
+            return _sqlite_transaction(self._conn)
+        return nullcontext()
+
+    def _execute(self, stmt: ClauseElement, params: dict[str, Any] | None, cache: bool) -> Any:
+        sql, defaults = self._db.compiled(stmt, cache)
+        values = {**defaults, **params} if params else defaults
+        if self.sqlite:
+            values = {k: _sqlite_value(v) for k, v in values.items()}
+        return self._conn.execute(sql, values)
+
+
+def _sqlite_value(value: Any) -> Any:
+    # lists travel as JSON arrays (schema.in_list), times as epoch seconds
+    if isinstance(value, list):
+        return json.dumps(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return value
+
+
+@contextmanager
+def _sqlite_transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    # IMMEDIATE: take the write lock up front, so that a transaction that
+    # reads and then writes waits for the lock instead of failing
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.rollback()
+        raise
+    conn.commit()
+
+
+def _sqlite_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
+    dbapi_conn.execute("PRAGMA journal_mode=WAL")
+    dbapi_conn.execute("PRAGMA synchronous=FULL")
+
+
+def _transient(exc: BaseException) -> bool:
+    """A lost connection (Postgres) or a lock held too long (SQLite): retried."""
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        text_ = str(exc).lower()
+        return "locked" in text_ or "busy" in text_ or "unable to open" in text_
+    return False
+
+
+class Database:
+    """Owns the connection pool of one process (made anew after a fork)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        engine: Engine | None = None,
+        schema: str = "dbos_celery",
+        retry_timeout: float = 10.0,
+        pool_size: int = 5,
+    ) -> None:
+        if (url is None) == (engine is None):
+            raise ConfigurationError("pass exactly one of database_url or engine")
+        sa_url = make_url(url) if url is not None else engine.url  # type: ignore[union-attr]
+        backend = sa_url.get_backend_name()
+        if backend not in ("postgresql", "sqlite"):
+            raise ConfigurationError(
+                f"database_url must be a postgresql:// or sqlite:/// URL, got {backend!r}"
+            )
+        if engine is not None and engine.dialect.driver != "psycopg":
+            raise ConfigurationError(
+                "a caller's engine must use psycopg 3 (postgresql+psycopg://), "
+                f"not {engine.dialect.driver!r}"
+            )
+        quote(schema)
+        self.sqlite = backend == "sqlite"
+        if self.sqlite:
+            if not sa_url.database or sa_url.database == ":memory:":
+                raise ConfigurationError(
+                    "database_url: SQLite needs a file (sqlite:///path/to/file.db): an in-memory "
+                    "database is not shared between worker processes"
+                )
+            # absolute: a worker that changes directory still finds it
+            path = os.path.abspath(sa_url.database)
+            self.url = sa_url.set(drivername="sqlite+pysqlite", database=path)
+        else:
+            self.url = sa_url.set(drivername="postgresql+psycopg")
+        self.schema = schema
+        self.retry_timeout = retry_timeout
+        self.pool_size = pool_size
+        self._given = engine
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._sql: dict[int, tuple[str, dict[str, Any]]] = {}
+        self._migrated = False
+        self.auto_migrate = True
+
+    # --- connections --------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """The pool of this process; its connections are in autocommit mode."""
+        if self._engine is None or self._pid != os.getpid():
+            if self._engine is not None and self._given is None:
+                # inherited across fork: drop the parent's sockets untouched
+                self._engine.dispose(close=False)
+            self._engine = self._given or self._create_engine(pool_size=self.pool_size,
+                                                              max_overflow=50)  # fmt: skip
+            self._pid = os.getpid()
+        return self._engine
+
+    def _create_engine(self, **pool: Any) -> Engine:
+        if not self.sqlite:
+            return create_engine(
+                self.url, pool_recycle=3600, pool_reset_on_return=None,
+                connect_args={"autocommit": True}, **pool,
+            )  # fmt: skip
+        engine = create_engine(
+            self.url, pool_reset_on_return=None, paramstyle="named",
+            # isolation_level None: autocommit; transactions are begun explicitly
+            connect_args={"check_same_thread": False, "isolation_level": None, "timeout": 5.0},
+            **pool,
+        )  # fmt: skip
+        event.listen(engine, "connect", _sqlite_connect)
+        return engine
+
+    def dispose(self) -> None:
+        """Close the pool this object created (never a caller's engine)."""
+        if self._engine is not None and self._given is None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
+    def compiled(self, stmt: ClauseElement, cache: bool = True) -> tuple[str, dict[str, Any]]:
+        key = id(stmt)
+        got = self._sql.get(key) if cache else None
+        if got is not None:
+            return got
+        c = stmt.compile(
+            dialect=self.engine.dialect,
+            schema_translate_map={None: None if self.sqlite else self.schema},
+            render_schema_translate=True,
+            compile_kwargs={"render_postcompile": True},
+        )
+        assert isinstance(c, SQLCompiler)
+        made = (str(c), dict(c.construct_params(_check=False) or {}))
+        if cache:
+            self._sql[key] = made
+        return made
+
+    def _attempt(self, body: Callable[[DBAPIConnection], T]) -> T:
+        if not self._migrated and self.auto_migrate:
+            self.migrate()
+        deadline = time.monotonic() + self.retry_timeout
+        delays = backoff(0.05, 1.0)
+        while True:
+            try:
+                raw = self.engine.raw_connection()
+            except (DBAPIError, psycopg.OperationalError, sqlite3.OperationalError) as exc:
+                cause: BaseException = exc  # the pool does not wrap
+                if not _transient(getattr(exc, "orig", None) or exc):
+                    raise
+            else:
+                conn: DBAPIConnection = raw.driver_connection  # type: ignore[assignment]
+                given = self._given is not None and not conn.autocommit  # type: ignore[union-attr]
+                try:
+                    if given:
+                        conn.autocommit = True  # type: ignore[union-attr]
+                    return body(conn)
+                except _UNIQUE as exc:
+                    raise CheckpointConflict() from exc
+                except (psycopg.OperationalError, sqlite3.OperationalError) as exc:
+                    if not _transient(exc):
+                        raise
+                    cause = exc
+                    raw.invalidate(exc)
+                    given = False
+                finally:
+                    if given and not conn.closed:  # type: ignore[union-attr]
+                        conn.autocommit = False  # type: ignore[union-attr]  # as it was
+                    raw.close()
+            if time.monotonic() >= deadline:
+                raise DatabaseUnavailableError(_describe(cause)) from cause
+            log.warning("database unavailable (%s); retrying", _describe(cause))
+            time.sleep(next(delays))
+
+    def _transaction(self, conn: DBAPIConnection) -> AbstractContextManager[Any]:
+        if isinstance(conn, sqlite3.Connection):
+            return _sqlite_transaction(conn)
+        return conn.transaction()
+
+    def now(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(executor, *args)`` in autocommit mode: for one statement,
+        one round trip (no BEGIN / COMMIT)."""
+        return self._attempt(lambda conn: fn(Executor(conn, self), *args))
+
+    def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(executor, *args)`` in one transaction."""
+
+        def body(conn: DBAPIConnection) -> T:
+            with self._transaction(conn):
+                return fn(Executor(conn, self), *args)
+
+        return self._attempt(body)
+
+    @contextmanager
+    def begin(self) -> Iterator[Executor]:
+        """A transaction on a connection of its own (no retries)."""
+        raw = self.engine.raw_connection()
+        try:
+            conn: DBAPIConnection = raw.driver_connection  # type: ignore[assignment]
+            if not self.sqlite:
+                conn.autocommit = True  # type: ignore[union-attr]
+            with self._transaction(conn):
+                yield Executor(conn, self)
+        finally:
+            raw.close()
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations (once per process; safe to race); the
+        versions this call applied."""
+        if self._given is not None:
+            engine = self._given
+        elif self.sqlite:
+            engine = self._create_engine(poolclass=NullPool)
+            # the migration holds the file's write lock from its first statement
+            event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        else:
+            engine = create_engine(self.url, poolclass=NullPool)
+        schema = None if self.sqlite else self.schema
+        try:
+            deadline = time.monotonic() + self.retry_timeout
+            delays = backoff(0.2, 0.2)
+            while True:
+                try:
+                    with engine.begin() as conn:
+                        mapped = conn.execution_options(schema_translate_map={None: schema})
+                        applied = migrations.migrate(mapped, self.schema)
+                    break
+                except DBAPIError as exc:
+                    if not _transient(exc.orig or exc):
+                        raise
+                    if time.monotonic() >= deadline:
+                        raise DatabaseUnavailableError(_describe(exc)) from exc
+                    time.sleep(next(delays))
+        finally:
+            if engine is not self._given:
+                engine.dispose()
+        self._migrated = True
+        return applied
+
+
+def _describe(exc: BaseException) -> str:
+    # driver messages carry host and port, never the password; keep it short
+    text_ = str(getattr(exc, "orig", None) or exc).strip()
+    return (text_.splitlines() or [type(exc).__name__])[0][:300]
+
+
+# a unique-key violation: a checkpoint recorded already at its sequence number
+_UNIQUE = (pg_errors.UniqueViolation, sqlite3.IntegrityError, IntegrityError)
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a malformed database URL before anything connects."""
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise ConfigurationError("database_url is not a valid URL") from None
+
+
+def is_engine(value: object) -> bool:
+    """Whether ``value`` is a SQLAlchemy Engine (a caller's, to share)."""
+    return isinstance(value, Engine)

@@ -1,0 +1,161 @@
+"""Messages (send, consume) and events."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Integer,
+    LargeBinary,
+    Text,
+    bindparam,
+    delete,
+    exists,
+    insert,
+    literal,
+    literal_column,
+    select,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from .common import (
+    ASYNC_COMMIT,
+    WID,
+)
+from .dialect import (
+    now,
+)
+from .engine import Executor
+from .tables import events, send_keys
+from .tables import messages as msg
+from .tables import steps as st
+from .tables import workflows as wf
+
+_DEST = bindparam("dest", type_=Text)
+_DEST_EXISTS = exists(select(literal(1)).where(wf.c.id == _DEST))
+_MESSAGE_VALUES = (
+    bindparam("dest2", type_=Text),
+    bindparam("topic", type_=Text),
+    bindparam("payload", type_=LargeBinary),
+)
+# the destination's status, read by the insert: a WAITING one is woken
+_DEST_STATUS = select(wf.c.status).where(wf.c.id == _DEST).scalar_subquery()
+_INSERT_MESSAGE = (
+    insert(msg)
+    .from_select(
+        ["destination_id", "topic", "payload"], select(*_MESSAGE_VALUES).where(_DEST_EXISTS)
+    )
+    .returning(msg.c.id, _DEST_STATUS)
+)
+_KEY_INSERT = (
+    pg_insert(send_keys)
+    .from_select(
+        ["destination_id", "idempotency_key"],
+        select(bindparam("dest2", type_=Text), bindparam("key", type_=Text)).where(_DEST_EXISTS),
+    )
+    .on_conflict_do_nothing()
+    .returning(send_keys.c.destination_id)
+)
+_KEY = _KEY_INSERT.cte("k")
+_INSERT_KEYED_MESSAGE = (
+    insert(msg)
+    .from_select(
+        ["destination_id", "topic", "payload"],
+        select(_KEY.c.destination_id, *_MESSAGE_VALUES[1:]),
+    )
+    .returning(msg.c.id, _DEST_STATUS)
+)
+
+
+def insert_message(
+    ex: Executor,
+    destination_id: str,
+    topic: str,
+    payload: bytes,
+    idempotency_key: str | None,
+) -> str | None:
+    """Store a message for an existing workflow; the destination's status
+    (WAITING: parked, to be woken). None when the destination does not exist
+    or (with a key) the key was used before; nothing is written then. The
+    caller tells the two apart with workflow_exists."""
+    params = {"dest": destination_id, "dest2": destination_id, "topic": topic,
+              "payload": payload, "key": idempotency_key}  # fmt: skip
+    if ex.sqlite and idempotency_key is not None:
+        with ex.atomic():
+            stored = ex.first(_KEY_INSERT, params) is not None
+            row = ex.first(_INSERT_MESSAGE, params) if stored else None
+    else:
+        stmt = _INSERT_MESSAGE if idempotency_key is None else _INSERT_KEYED_MESSAGE
+        row = ex.first(stmt, params)
+    return None if row is None else str(row[1] or "")
+
+
+_OLDEST = (
+    select(msg.c.id)
+    .where(msg.c.destination_id == WID, msg.c.topic == bindparam("topic", type_=Text))
+    .order_by(msg.c.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_TAKE = delete(msg).where(msg.c.id == _OLDEST).returning(msg.c.payload)
+_TAKEN = _TAKE.cte("taken")
+_RECV_CHECKPOINT = insert(st).values(
+    workflow_id=bindparam("wid2", type_=Text),
+    seq=bindparam("seq", type_=Integer),
+    name=bindparam("name", type_=Text),
+    output=bindparam("payload", type_=LargeBinary),
+)
+_CONSUME = (
+    insert(st)
+    .from_select(
+        ["workflow_id", "seq", "name", "output"],
+        select(
+            bindparam("wid2", type_=Text),
+            bindparam("seq", type_=Integer),
+            bindparam("name", type_=Text),
+            _TAKEN.c.payload,
+        ).select_from(_TAKEN.join(ASYNC_COMMIT, literal_column("true"))),
+    )
+    .returning(st.c.output)
+)
+
+
+def consume_message(
+    ex: Executor, workflow_id: str, topic: str, seq: int, step_name: str
+) -> tuple[bytes] | None:
+    """Delete the oldest message of (workflow, topic) and write the recv
+    checkpoint, in one statement. It commits asynchronously: if the WAL is
+    lost both vanish together and the replay takes the same (still oldest)
+    message again; any later synchronous commit flushes it first."""
+    params = {"wid": workflow_id, "wid2": workflow_id, "topic": topic, "seq": seq,
+              "name": step_name}  # fmt: skip
+    if ex.sqlite:
+        with ex.atomic():
+            row = ex.first(_TAKE, params)
+            if row is not None:
+                ex.count(_RECV_CHECKPOINT, {**params, "payload": row[0]})
+    else:
+        row = ex.first(_CONSUME, params)
+    return (row[0],) if row is not None else None
+
+
+_UPSERT_EVENT = pg_insert(events).values(
+    workflow_id=WID, key=bindparam("key", type_=Text), value=bindparam("value", type_=LargeBinary)
+)
+_UPSERT_EVENT = _UPSERT_EVENT.on_conflict_do_update(
+    index_elements=["workflow_id", "key"],
+    set_={"value": _UPSERT_EVENT.excluded.value, "updated_at": now()},
+)
+
+
+def upsert_event(ex: Executor, workflow_id: str, key: str, value: bytes) -> None:
+    ex.count(_UPSERT_EVENT, {"wid": workflow_id, "key": key, "value": value})
+
+
+_GET_EVENT = select(events.c.value).where(
+    events.c.workflow_id == WID, events.c.key == bindparam("key", type_=Text)
+)
+
+
+def get_event(ex: Executor, workflow_id: str, key: str) -> tuple[bytes] | None:
+    row = ex.first(_GET_EVENT, {"wid": workflow_id, "key": key})
+    return (row[0],) if row is not None else None

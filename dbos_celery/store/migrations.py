@@ -1,0 +1,90 @@
+"""Versioned migrations.
+
+They run at start-up inside one transaction holding a Postgres advisory lock
+(SQLite: the file's write lock), so twenty workers starting at once apply
+each version exactly once; a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import DDL, func, insert, select, text
+from sqlalchemy.engine import Connection
+
+from ..errors import ConfigurationError, SchemaVersionError
+from ..keys import migration_lock
+from .tables import metadata, workflows
+from .tables import schema_version as schema_version_table
+
+log = logging.getLogger("dbos_celery")
+
+
+def _v1(conn: Connection) -> None:
+    metadata.create_all(conn)
+
+
+def _sqlite(conn: Connection) -> bool:
+    # SQLite databases start at the current tables (v1 is create_all), so
+    # the column additions below have nothing to do there
+    return conn.dialect.name == "sqlite"
+
+
+def _v2(conn: Connection) -> None:
+    """Workflow deadlines. A database made by a newer v1 (create_all of the
+    current tables) has the column already, hence IF NOT EXISTS."""
+    if _sqlite(conn):
+        return
+    conn.execute(
+        DDL(  # type: ignore[no-untyped-call]
+            "ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS deadline TIMESTAMP WITH TIME ZONE"
+        ).against(workflows)
+    )
+
+
+def _v3(conn: Connection) -> None:
+    """Parking: the wake-up deadline and awaited key of WAITING workflows,
+    and partial indexes that keep the sweep over them cheap."""
+    columns = (
+        "ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS wake_at TIMESTAMP WITH TIME ZONE",
+        "ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS waiting_for TEXT",
+    )
+    for ddl in () if _sqlite(conn) else columns:
+        conn.execute(DDL(ddl).against(workflows))  # type: ignore[no-untyped-call]
+    for index in workflows.indexes:
+        if index.name in ("ix_workflows_waiting_wake", "ix_workflows_waiting_for"):
+            index.create(conn, checkfirst=True)
+
+
+# index i holds the migration to version i + 1; append, never edit
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+LATEST_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: Connection, schema: str) -> list[int]:
+    """Bring the schema to the latest version under an advisory lock (SQLite:
+    the write lock its transaction holds already); the versions applied."""
+    if conn.dialect.name != "sqlite":
+        conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(migration_lock(schema)))))
+        conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{quote(schema)}"'))
+    schema_version_table.create(conn, checkfirst=True)
+    current = schema_version(conn)
+    if current > LATEST_VERSION:
+        raise SchemaVersionError(current, LATEST_VERSION)
+    applied = list(range(current + 1, LATEST_VERSION + 1))
+    for version in applied:
+        MIGRATIONS[version - 1](conn)
+        conn.execute(insert(schema_version_table).values(version=version))
+        log.info("dbos_celery schema %r migrated to version %d", schema, version)
+    return applied
+
+
+def schema_version(conn: Connection) -> int:
+    return int(conn.scalar(select(func.coalesce(func.max(schema_version_table.c.version), 0))) or 0)
+
+
+def quote(name: str) -> str:
+    if not isinstance(name, str) or not name or '"' in name or "\x00" in name:
+        raise ConfigurationError(f"invalid schema name {name!r}")
+    return name

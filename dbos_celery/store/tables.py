@@ -1,0 +1,132 @@
+"""The tables.
+
+Declared without a schema: the engine maps them onto the configured Postgres
+schema with ``schema_translate_map`` (SQLite: one file, no schema). Every
+change goes through a migration (``migrations.py``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    text,
+)
+
+from .dialect import now
+
+metadata = MetaData()
+
+
+def _ts(name: str) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=False, server_default=now())
+
+
+schema_version = Table(
+    "schema_version",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    _ts("applied_at"),
+)
+
+_WAITING = text("status = 'WAITING'")
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("inputs", LargeBinary, nullable=False),
+    Column("output", LargeBinary),
+    Column("error", LargeBinary),
+    # the worker process running it (status PENDING) and the worker that
+    # received its Celery message but has not started it yet (prefetch)
+    Column("executor_id", Text),
+    Column("reserved_by", Text),
+    Column("recovery_attempts", Integer, nullable=False, server_default="0"),
+    Column("publish_count", Integer, nullable=False, server_default="0"),
+    Column("parent_id", Text),
+    _ts("created_at"),
+    _ts("updated_at"),
+    # past it the workflow is cancelled (a timeout); children inherit it (v2)
+    Column("deadline", DateTime(timezone=True)),
+    # a parked workflow (status WAITING): published again when what it waits
+    # for (a wakeup key) arrives, or at wake_at (v3)
+    Column("wake_at", DateTime(timezone=True)),
+    Column("waiting_for", Text),
+    Index("ix_workflows_status_updated", "status", "updated_at"),
+    Index("ix_workflows_parent", "parent_id"),
+    Index("ix_workflows_created", "created_at"),
+    # the parked rows, for the sweep (v3)
+    Index("ix_workflows_waiting_wake", "wake_at", postgresql_where=_WAITING, sqlite_where=_WAITING),
+    Index(
+        "ix_workflows_waiting_for", "waiting_for", postgresql_where=_WAITING, sqlite_where=_WAITING
+    ),
+)
+
+steps = Table(
+    "steps",
+    metadata,
+    Column("workflow_id", Text, nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("output", LargeBinary),
+    Column("error", LargeBinary),
+    _ts("created_at"),
+    PrimaryKeyConstraint("workflow_id", "seq"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    # SQLite: an INTEGER primary key is the rowid (never reused: autoincrement)
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), Identity(), primary_key=True),
+    Column("destination_id", Text, nullable=False),
+    # the default topic is stored as '' (an empty topic name is refused)
+    Column("topic", Text, nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    _ts("created_at"),
+    Index("ix_messages_mailbox", "destination_id", "topic", "id"),
+    sqlite_autoincrement=True,
+)
+
+# idempotency keys of sends from outside a workflow; they outlive the
+# message itself so that a retry after consumption stores nothing
+send_keys = Table(
+    "send_keys",
+    metadata,
+    Column("destination_id", Text, nullable=False),
+    Column("idempotency_key", Text, nullable=False),
+    _ts("created_at"),
+    PrimaryKeyConstraint("destination_id", "idempotency_key"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("workflow_id", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("value", LargeBinary, nullable=False),
+    _ts("updated_at"),
+    PrimaryKeyConstraint("workflow_id", "key"),
+)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    _ts("started_at"),
+    _ts("last_heartbeat"),
+)

@@ -1,0 +1,256 @@
+"""Workers (heartbeats, prefetch reservations, liveness) and the recovery
+sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import (
+    ARRAY,
+    Float,
+    Integer,
+    Text,
+    bindparam,
+    case,
+    delete,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from ..errors import ConfigurationError
+from ..keys import sweep_lock
+from ..status import Status
+from .common import (
+    live_worker,
+)
+from .dialect import (
+    in_list,
+    least,
+    now,
+    pow2,
+    seconds,
+    try_lock,
+)
+from .engine import Executor
+from .parking import WAKE_VALUES, awaited_ready
+from .tables import workers
+from .tables import workflows as wf
+
+_HEARTBEAT = pg_insert(workers).values(
+    id=bindparam("worker", type_=Text),
+    hostname=bindparam("hostname", type_=Text),
+    pid=bindparam("pid", type_=Integer),
+)
+_HEARTBEAT = _HEARTBEAT.on_conflict_do_update(index_elements=["id"], set_={"last_heartbeat": now()})
+_RESERVE = (
+    update(wf)
+    .where(in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))), wf.c.status == Status.ENQUEUED)
+    .values(reserved_by=bindparam("worker", type_=Text))
+)
+# messages this live worker received but holds no more (its broker connection
+# was reset: Celery drops the prefetched requests); the sweep then treats
+# them as never received
+_UNRESERVE = (
+    update(wf)
+    .where(
+        in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))),
+        wf.c.status == Status.ENQUEUED,
+        wf.c.reserved_by == bindparam("worker", type_=Text),
+    )
+    .values(reserved_by=None)
+)
+
+
+# SQLite serves one machine: a worker of another host beat within this window
+SHARED_FILE_WINDOW = 60.0
+_OTHER_HOST = (
+    select(workers.c.hostname)
+    .where(
+        workers.c.hostname != bindparam("hostname", type_=Text),
+        workers.c.last_heartbeat > now() - seconds(bindparam("window", type_=Float)),
+    )
+    .limit(1)
+)
+
+
+def heartbeat(
+    ex: Executor,
+    worker_id: str,
+    hostname: str,
+    pid: int,
+    reserved: list[str],
+    dropped: list[str] | None = None,
+) -> None:
+    """Beat for ``worker_id``; record the workflow messages it received
+    (``reserved``) and forget those it received but holds no more
+    (``dropped``). On SQLite, refuses (ConfigurationError) when a
+    worker of another host beat within SHARED_FILE_WINDOW: one file shared
+    by two machines (a network filesystem) has no safe locking."""
+    if ex.sqlite:
+        other = ex.first(_OTHER_HOST, {"hostname": hostname, "window": SHARED_FILE_WINDOW})
+        if other is not None:
+            raise ConfigurationError(
+                f"this SQLite database is used by workers on {other[0]!r} and {hostname!r}: "
+                "SQLite serves one machine; use Postgres (database_url='postgresql://...') "
+                "for several"
+            )
+    ex.count(_HEARTBEAT, {"worker": worker_id, "hostname": hostname, "pid": pid})
+    if reserved:
+        ex.count(_RESERVE, {"ids": reserved, "worker": worker_id})
+    if dropped:
+        ex.count(_UNRESERVE, {"ids": dropped, "worker": worker_id})
+
+
+_DELETE_WORKER = delete(workers).where(workers.c.id == bindparam("worker", type_=Text))
+
+
+def delete_worker(ex: Executor, worker_id: str) -> None:
+    ex.count(_DELETE_WORKER, {"worker": worker_id})
+
+
+# not a status: the sweep's mark of a parked row it woke (now ENQUEUED)
+WOKEN = "WOKEN"
+
+
+@dataclass(frozen=True)
+class Recovered:
+    id: str
+    name: str
+    status: str
+
+
+_SWEEP_LOCK = select(try_lock(bindparam("lock", type_=Text)))
+# a timeout: children inherit the deadline, so they expire in the same pass
+_CANCEL_EXPIRED = (
+    update(wf)
+    .where(
+        or_(
+            wf.c.status == Status.ENQUEUED,
+            wf.c.status == Status.PENDING,
+            wf.c.status == Status.WAITING,
+        ),
+        wf.c.deadline <= now(),
+    )
+    .values(status=Status.CANCELLED, wake_at=None, waiting_for=None, updated_at=now())
+    .returning(wf.c.id, wf.c.name, wf.c.status)
+)
+_ATTEMPTS = wf.c.recovery_attempts + 1
+_RECOVER_DEAD = (
+    update(wf)
+    .where(wf.c.status == Status.PENDING, ~live_worker(wf.c.executor_id))
+    .values(
+        status=case(
+            (
+                _ATTEMPTS > bindparam("max_attempts", type_=Integer),
+                Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED,
+            ),
+            else_=Status.ENQUEUED,
+        ),
+        executor_id=None,
+        recovery_attempts=_ATTEMPTS,
+        publish_count=0,
+        updated_at=now(),
+    )
+    .returning(wf.c.id, wf.c.name, wf.c.status)
+)
+_RECOVER_PREFETCHED = (
+    update(wf)
+    .where(
+        wf.c.status == Status.ENQUEUED,
+        wf.c.reserved_by.is_not(None),
+        ~live_worker(wf.c.reserved_by),
+    )
+    .values(reserved_by=None, updated_at=now())
+    .returning(wf.c.id, wf.c.name, wf.c.status)
+)
+_BACKOFF = seconds(bindparam("grace", type_=Float) * pow2(least(wf.c.publish_count, 10)))
+_REPUBLISH_UNRECEIVED = (
+    update(wf)
+    .where(
+        wf.c.status == Status.ENQUEUED,
+        wf.c.reserved_by.is_(None),
+        wf.c.updated_at < now() - _BACKOFF,
+    )
+    .values(publish_count=wf.c.publish_count + 1, updated_at=now())
+    .returning(wf.c.id, wf.c.name, wf.c.status)
+)
+# a publish of the sweep failed (the broker is down): take back the backoff
+# step it took, and make the rows due again at the next sweep, so that a
+# broker outage does not push their next publish hours away
+_FEWER = case((wf.c.publish_count > 0, wf.c.publish_count - 1), else_=0)
+_PUBLISH_FAILED = (
+    update(wf)
+    .where(
+        in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))),
+        wf.c.status == Status.ENQUEUED,
+        wf.c.reserved_by.is_(None),
+    )
+    .values(
+        publish_count=_FEWER,
+        updated_at=now() - seconds(bindparam("grace", type_=Float) * pow2(least(_FEWER, 10)) + 1.0),
+    )
+)
+
+
+def publish_failed(ex: Executor, workflow_ids: list[str], enqueued_timeout: float) -> None:
+    """The sweep could not publish these ENQUEUED workflows: due again now,
+    without a step of backoff."""
+    ex.count(_PUBLISH_FAILED, {"ids": workflow_ids, "grace": enqueued_timeout})
+
+
+_WAKE_DUE = (
+    update(wf)
+    .where(wf.c.status == Status.WAITING, or_(wf.c.wake_at <= now(), awaited_ready(wf)))
+    .values(**WAKE_VALUES)
+    .returning(wf.c.id, wf.c.name, literal(WOKEN, Text))
+)
+_FORGET_WORKERS = delete(workers).where(workers.c.last_heartbeat < now() - seconds(86400.0))
+
+
+def sweep(
+    ex: Executor,
+    schema: str,
+    worker_timeout: float,
+    max_recovery_attempts: int,
+    enqueued_timeout: float,
+) -> list[Recovered] | None:
+    """One recovery pass; None when another process holds the sweep lock.
+
+    First cancels the live workflows whose deadline has passed (returned
+    with status CANCELLED, so that their waiters can be woken). Then returns
+    the workflows to publish again: PENDING ones whose executor
+    stopped heartbeating (now ENQUEUED, or MAX_RECOVERY_ATTEMPTS_EXCEEDED),
+    parked (WAITING) ones whose wake time passed or whose awaited message,
+    event or workflow outcome exists (now ENQUEUED, returned as WOKEN),
+    ENQUEUED ones prefetched by a worker that died, and ENQUEUED ones no
+    worker has received for a while (published with exponential backoff, so
+    a long but healthy queue gets few duplicates).
+    """
+    if not ex.first(_SWEEP_LOCK, {"lock": sweep_lock(schema)})[0]:
+        return None
+    live = {"timeout": worker_timeout}
+    found = [
+        *ex.rows(_CANCEL_EXPIRED),
+        *ex.rows(_WAKE_DUE),
+        *ex.rows(_RECOVER_DEAD, {**live, "max_attempts": max_recovery_attempts}),
+        *ex.rows(_RECOVER_PREFETCHED, live),
+        *ex.rows(_REPUBLISH_UNRECEIVED, {"grace": enqueued_timeout}),
+    ]
+    ex.count(_FORGET_WORKERS)  # workers silent for a day
+    return [Recovered(*r) for r in found]
+
+
+_LIVE_WORKERS = select(workers.c.id).where(
+    in_list(workers.c.id, bindparam("ids", type_=ARRAY(Text))),
+    workers.c.last_heartbeat > now() - seconds(bindparam("timeout", type_=Float)),
+)
+
+
+def live_workers(ex: Executor, executor_ids: list[str], worker_timeout: float) -> set[str]:
+    """Those of ``executor_ids`` that heartbeated within ``worker_timeout``."""
+    rows = ex.rows(_LIVE_WORKERS, {"ids": executor_ids, "timeout": worker_timeout})
+    return {r[0] for r in rows}

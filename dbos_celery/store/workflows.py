@@ -1,0 +1,379 @@
+"""Statements on workflow rows: start, read, list, claim (the lease), finish,
+release; and management: cancel, expire, resume, fork.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    ARRAY,
+    Float,
+    Integer,
+    LargeBinary,
+    Text,
+    and_,
+    bindparam,
+    case,
+    insert,
+    literal,
+    literal_column,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from ..status import LIVE, RESUMABLE, Status
+from .common import (
+    ASYNC_COMMIT,
+    HELD,
+    NCOLS,
+    WID,
+    WORKFLOW_COLS,
+    StepRow,
+    WorkflowRow,
+    live_worker,
+    status_in,
+    workflow_row,
+)
+from .dialect import (
+    from_epoch,
+    in_list,
+    least,
+    now,
+    seconds,
+)
+from .engine import Executor
+from .steps import list_steps
+from .tables import events
+from .tables import steps as st
+from .tables import workflows as wf
+
+_INSERT_WORKFLOW = (
+    pg_insert(wf)
+    .values(
+        id=WID,
+        name=bindparam("name", type_=Text),
+        status=Status.ENQUEUED,
+        inputs=bindparam("inputs", type_=LargeBinary),
+        parent_id=bindparam("parent", type_=Text),
+        # the earlier of its own timeout and the deadline it inherits (NULLs ignored)
+        deadline=least(
+            from_epoch(bindparam("inherit", type_=Float)),
+            now() + seconds(bindparam("timeout", type_=Float)),
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(wf.c.id)
+)
+
+
+def insert_workflow(
+    ex: Executor,
+    workflow_id: str,
+    name: str,
+    inputs: bytes,
+    parent_id: str | None,
+    timeout: float | None = None,
+    inherited_deadline: float | None = None,
+) -> bool:
+    """Insert an ENQUEUED workflow; False when the id exists already. Its
+    deadline is ``timeout`` seconds from now, or the inherited deadline (epoch
+    seconds) if earlier; none when both are None."""
+    params = {"wid": workflow_id, "name": name, "inputs": inputs, "parent": parent_id,
+              "timeout": timeout, "inherit": inherited_deadline}  # fmt: skip
+    return ex.first(_INSERT_WORKFLOW, params) is not None
+
+
+_WORKFLOW_NAME = select(wf.c.name).where(wf.c.id == WID)
+
+
+def workflow_name(ex: Executor, workflow_id: str) -> str | None:
+    row = ex.first(_WORKFLOW_NAME, {"wid": workflow_id})
+    return None if row is None else str(row[0])
+
+
+_GET_WORKFLOW = select(*WORKFLOW_COLS).where(wf.c.id == WID)
+
+
+def get_workflow(ex: Executor, workflow_id: str) -> WorkflowRow | None:
+    row = ex.first(_GET_WORKFLOW, {"wid": workflow_id})
+    return workflow_row(row) if row is not None else None
+
+
+_GET_STATUS = select(wf.c.status, wf.c.output, wf.c.error).where(wf.c.id == WID)
+
+
+def get_status(ex: Executor, workflow_id: str) -> tuple[str, bytes | None, bytes | None] | None:
+    row = ex.first(_GET_STATUS, {"wid": workflow_id})
+    return (row[0], row[1], row[2]) if row is not None else None
+
+
+_EXISTS = select(literal(1)).where(wf.c.id == WID)
+
+
+def workflow_exists(ex: Executor, workflow_id: str) -> bool:
+    return ex.first(_EXISTS, {"wid": workflow_id}) is not None
+
+
+def list_workflows(
+    ex: Executor,
+    *,
+    status: str | None = None,
+    name: str | None = None,
+    parent: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+    newest_first: bool = False,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+) -> list[WorkflowRow]:
+    """Created in [created_after, created_before) when given."""
+    q = select(*WORKFLOW_COLS)
+    if status is not None:
+        q = q.where(wf.c.status == status)
+    if name is not None:
+        q = q.where(wf.c.name == name)
+    if parent is not None:
+        q = q.where(wf.c.parent_id == parent)
+    if created_after is not None:
+        q = q.where(wf.c.created_at >= created_after)
+    if created_before is not None:
+        q = q.where(wf.c.created_at < created_before)
+    order = wf.c.created_at.desc() if newest_first else wf.c.created_at.asc()
+    q = q.order_by(order, wf.c.id).limit(limit).offset(offset)
+    return [workflow_row(r) for r in ex.rows(q, cache=False)]
+
+
+_CLAIM_UPDATE = (
+    update(wf)
+    .where(
+        wf.c.id == WID,
+        or_(
+            wf.c.status == Status.ENQUEUED,
+            and_(wf.c.status == Status.PENDING, ~live_worker(wf.c.executor_id)),
+        ),
+    )
+    .values(
+        status=Status.PENDING,
+        executor_id=bindparam("executor", type_=Text),
+        reserved_by=None,
+        updated_at=now(),
+        recovery_attempts=wf.c.recovery_attempts
+        + case((wf.c.status == Status.PENDING, 1), else_=0),
+    )
+    .returning(*WORKFLOW_COLS)
+)
+_CLAIMED = _CLAIM_UPDATE.cte("claimed")
+# The claim may commit asynchronously: if Postgres loses it in a crash, the
+# row is back to ENQUEUED (or PENDING under a dead executor), the runner's
+# next checkpoint fails its lease check, and the sweep publishes it again.
+_CLAIM = (
+    select(_CLAIMED, st.c.seq, st.c.name, st.c.output, st.c.error)
+    .select_from(
+        _CLAIMED.join(ASYNC_COMMIT, literal_column("true")).outerjoin(
+            st, st.c.workflow_id == _CLAIMED.c.id
+        )
+    )
+    .order_by(st.c.seq)
+)
+
+
+def claim_workflow(
+    ex: Executor, workflow_id: str, executor_id: str, worker_timeout: float
+) -> tuple[WorkflowRow, list[StepRow]] | None:
+    """Take the lease on a workflow and read its checkpoints in one round trip.
+
+    Claimable: ENQUEUED, or PENDING under an executor that stopped
+    heartbeating (taking it over counts as a recovery). None when another
+    live process runs it or it has finished: the caller drops the delivery.
+    """
+    params = {"wid": workflow_id, "executor": executor_id, "timeout": worker_timeout}
+    if ex.sqlite:
+        with ex.atomic():
+            row = ex.first(_CLAIM_UPDATE, params)
+            return None if row is None else (workflow_row(row), list_steps(ex, workflow_id))
+    rows = ex.rows(_CLAIM, params)
+    if not rows:
+        return None
+    first = workflow_row(rows[0])
+    steps = [StepRow(*r[NCOLS:]) for r in rows if r[NCOLS] is not None]
+    return first, steps
+
+
+_FINISH = (
+    update(wf)
+    .where(HELD)
+    .values(
+        status=bindparam("status", type_=Text),
+        output=bindparam("output", type_=LargeBinary),
+        error=bindparam("error", type_=LargeBinary),
+        updated_at=now(),
+    )
+    .returning(wf.c.parent_id)
+)
+
+
+def finish_workflow(
+    ex: Executor,
+    workflow_id: str,
+    executor_id: str,
+    status: str,
+    output: bytes | None,
+    error: bytes | None,
+) -> bool:
+    """Record the outcome if this executor still holds the lease."""
+    return finish_workflow_parent(ex, workflow_id, executor_id, status, output, error) is not None
+
+
+def finish_workflow_parent(
+    ex: Executor,
+    workflow_id: str,
+    executor_id: str,
+    status: str,
+    output: bytes | None,
+    error: bytes | None,
+) -> tuple[str | None] | None:
+    """finish_workflow, returning (parent id,) when it recorded the outcome."""
+    params = {"wid": workflow_id, "executor": executor_id, "status": status,
+              "output": output, "error": error}  # fmt: skip
+    row = ex.first(_FINISH, params)
+    return None if row is None else (row[0],)
+
+
+_RELEASE = update(wf).where(HELD).values(status=Status.ENQUEUED, executor_id=None, updated_at=now())
+
+
+def release_workflow(ex: Executor, workflow_id: str, executor_id: str) -> bool:
+    """Give the lease back (ENQUEUED again) so that a new delivery replays it."""
+    return ex.count(_RELEASE, {"wid": workflow_id, "executor": executor_id}) > 0
+
+
+_LEASE_STATE = select(wf.c.status, wf.c.executor_id).where(wf.c.id == WID)
+
+
+def lease_state(ex: Executor, workflow_id: str) -> tuple[str, str | None] | None:
+    """(status, executor_id) of a workflow, or None when it does not exist."""
+    row = ex.first(_LEASE_STATE, {"wid": workflow_id})
+    return (row[0], row[1]) if row is not None else None
+
+
+_CANCEL = (
+    update(wf)
+    .where(wf.c.id == WID, status_in(LIVE))
+    .values(status=Status.CANCELLED, wake_at=None, waiting_for=None, updated_at=now())
+    .returning(wf.c.id)
+)
+
+
+def cancel_workflow(ex: Executor, workflow_id: str) -> bool:
+    """ENQUEUED, PENDING or WAITING -> CANCELLED; False when it is not live (finished,
+    cancelled already, or missing). The executor id stays: a runner learns of
+    the cancel when its next checkpoint fails the lease check."""
+    return ex.first(_CANCEL, {"wid": workflow_id}) is not None
+
+
+_EXPIRE_OWN = (
+    update(wf)
+    .where(
+        HELD,
+    )
+    .values(status=Status.CANCELLED, updated_at=now())
+    .returning(wf.c.id)
+)
+_CANCEL_CHILDREN = (
+    update(wf)
+    .where(wf.c.parent_id == WID, status_in(LIVE))
+    .values(status=Status.CANCELLED, wake_at=None, waiting_for=None, updated_at=now())
+    .returning(wf.c.id)
+)
+
+
+def expire_run(ex: Executor, workflow_id: str, executor_id: str) -> list[str] | None:
+    """A runner found its deadline passed: cancel its workflow and that
+    workflow's live children; the ids cancelled (its own first). None, and
+    nothing written, when ``executor_id`` no longer holds the lease. Run it in
+    one transaction."""
+    params = {"wid": workflow_id, "executor": executor_id}
+    if ex.first(_EXPIRE_OWN, params) is None:
+        return None
+    return [workflow_id, *(r[0] for r in ex.rows(_CANCEL_CHILDREN, params))]
+
+
+_RESUME = (
+    update(wf)
+    .where(wf.c.id == WID, status_in(RESUMABLE))
+    .values(
+        status=Status.ENQUEUED,
+        executor_id=None,
+        reserved_by=None,
+        recovery_attempts=0,
+        publish_count=0,
+        deadline=None,
+        updated_at=now(),
+    )
+    .returning(wf.c.name)
+)
+
+
+def resume_workflow(ex: Executor, workflow_id: str) -> str | None:
+    """CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED -> ENQUEUED with a fresh
+    recovery count and no deadline; its name, or None when not resumable."""
+    row = ex.first(_RESUME, {"wid": workflow_id})
+    return None if row is None else str(row[0])
+
+
+_SOURCE = bindparam("source", type_=Text)
+_NEW_ID = bindparam("new_id", type_=Text)
+_FORK_WORKFLOW = (
+    pg_insert(wf)
+    .from_select(
+        ["id", "name", "status", "inputs"],
+        select(_NEW_ID, wf.c.name, literal(Status.ENQUEUED, Text), wf.c.inputs).where(
+            wf.c.id == _SOURCE
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=["id"])
+    .returning(wf.c.name)
+)
+_FORK_STEPS = insert(st).from_select(
+    ["workflow_id", "seq", "name", "output", "error"],
+    select(_NEW_ID, st.c.seq, st.c.name, st.c.output, st.c.error).where(
+        st.c.workflow_id == _SOURCE, st.c.seq < bindparam("from_step", type_=Integer)
+    ),
+)
+_FORK_EVENTS = insert(events).from_select(
+    ["workflow_id", "key", "value"],
+    select(_NEW_ID, events.c.key, events.c.value).where(events.c.workflow_id == _SOURCE),
+)
+
+
+def fork_workflow(ex: Executor, source_id: str, new_id: str, from_step: int) -> str | None:
+    """Insert ``new_id`` as an ENQUEUED copy of ``source_id`` (name, inputs)
+    with the checkpoints at seq < ``from_step`` and the events; its name.
+    None when ``new_id`` exists already or the source does not: nothing
+    written. Run it in one transaction."""
+    params = {"new_id": new_id, "source": source_id, "from_step": from_step}
+    name = ex.first(_FORK_WORKFLOW, params)
+    if name is None:
+        return None
+    ex.count(_FORK_STEPS, params)
+    ex.count(_FORK_EVENTS, params)
+    return str(name[0])
+
+
+_NOT_RUNNING_HERE = select(wf.c.id).where(
+    in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))),
+    or_(
+        wf.c.status != Status.PENDING,
+        wf.c.executor_id.is_distinct_from(bindparam("executor", type_=Text)),
+    ),
+)
+
+
+def not_running_here(ex: Executor, workflow_ids: list[str], executor_id: str) -> list[str]:
+    """Those of ``workflow_ids`` that are no longer PENDING under
+    ``executor_id``: cancelled, timed out, resumed or taken over."""
+    rows = ex.rows(_NOT_RUNNING_HERE, {"ids": workflow_ids, "executor": executor_id})
+    return [r[0] for r in rows]
