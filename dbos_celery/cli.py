@@ -88,9 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     verbs = p.add_subparsers(dest="verb", required=True)
     verbs.add_parser("migrate", help="create or upgrade the schema")
-    wf = verbs.add_parser("workflow", help="inspect and manage workflows").add_subparsers(
-        dest="action", required=True
+    _workflow_verbs(
+        verbs.add_parser("workflow", help="inspect and manage workflows").add_subparsers(
+            dest="action", required=True
+        )
     )
+    return p
+
+
+def _workflow_verbs(wf: Any) -> None:
+    """The actions of ``dbos-celery workflow``."""
     ls = wf.add_parser("list", help="list workflows, oldest first")
     ls.add_argument("--status")
     ls.add_argument("--name")
@@ -135,7 +142,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     fork.add_argument("--new-id", help="id of the new workflow (default: a UUID)")  # fmt: skip
     _publishing(fork)
-    return p
 
 
 def _plain(value: Any) -> Any:
@@ -209,6 +215,34 @@ def _enqueued(
     _emit(args, [row], (*WORKFLOW_COLUMNS, "enqueued", "published"))
 
 
+# the exit code of an error: the first kind it is
+_EXIT_CODES: tuple[tuple[type[DurableError], int], ...] = (
+    (NonExistentWorkflowError, EXIT_NOT_FOUND),
+    (InvalidArgumentError, EXIT_USAGE),
+    (DatabaseUnavailableError, EXIT_DB),
+    (DurableError, EXIT_ERROR),
+)
+
+
+def _resume_or_fork(args: argparse.Namespace, durable: Durable) -> None:
+    """Enqueue the run (publishing it when given a broker) and print it."""
+    pub = _Publisher(args)
+    try:
+        if args.action == "resume":
+            handle, enqueued = management.resume(durable.services, args.workflow_id, pub)
+            if not enqueued:
+                _note(f"workflow {args.workflow_id} is live already; nothing to resume")
+        else:
+            handle, enqueued = management.fork(
+                durable.services, args.workflow_id, args.from_step, args.new_id, pub
+            )
+            if not enqueued:
+                _note(f"workflow {handle.workflow_id} exists already; not forked again")
+        _enqueued(args, handle, enqueued, pub)
+    finally:
+        pub.close()
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.database_url:
@@ -248,34 +282,11 @@ def run(argv: Sequence[str] | None = None) -> int:
             _emit(args, [{**asdict(status), "cancelled": cancelled}],
                   (*WORKFLOW_COLUMNS, "cancelled"))  # fmt: skip
         elif args.action in ("resume", "fork"):
-            pub = _Publisher(args)
-            try:
-                if args.action == "resume":
-                    handle, enqueued = management.resume(durable.services, args.workflow_id, pub)
-                    if not enqueued:
-                        _note(f"workflow {args.workflow_id} is live already; nothing to resume")
-                else:
-                    handle, enqueued = management.fork(
-                        durable.services, args.workflow_id, args.from_step, args.new_id, pub
-                    )
-                    if not enqueued:
-                        _note(f"workflow {handle.workflow_id} exists already; not forked again")
-                _enqueued(args, handle, enqueued, pub)
-            finally:
-                pub.close()
+            _resume_or_fork(args, durable)
         return EXIT_OK
-    except NonExistentWorkflowError as exc:
-        print(f"dbos-celery: {exc}", file=sys.stderr)
-        return EXIT_NOT_FOUND
-    except InvalidArgumentError as exc:
-        print(f"dbos-celery: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except DatabaseUnavailableError as exc:
-        print(f"dbos-celery: {exc}", file=sys.stderr)
-        return EXIT_DB
     except DurableError as exc:
         print(f"dbos-celery: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
     finally:
         durable.close()
 

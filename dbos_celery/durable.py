@@ -30,12 +30,13 @@ from .step import Step
 from .store import steps, workflows
 from .store.engine import Database
 from .store.workers import Recovered
+from .store.workflows import WorkflowQuery
 from .validation import check_id, check_number, check_timeout
 from .wakeup import LocalNotifier, Notifier, RedisNotifier
 from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
 
 if TYPE_CHECKING:
-    from sqlalchemy import Engine
+    from .store.engine import Engine
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -244,24 +245,11 @@ class Durable:
         """Workflows by creation time (oldest first unless ``newest_first``),
         filtered; ``created_after`` is inclusive, ``created_before`` not, and
         a naive datetime is taken as UTC."""
-        for what, value in (("status", status), ("name", name), ("parent", parent)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
-        for what, bound in (("limit", limit), ("offset", offset)):
-            if bound is not None:
-                check_number(bound, what, integer=True)
-        if not isinstance(newest_first, bool):
-            raise InvalidArgumentError(f"newest_first must be a bool, got {newest_first!r}")
-        after = management.as_utc(created_after, "created_after")
-        before = management.as_utc(created_before, "created_before")
-        rows = self.services.store.now(
-            lambda ex: workflows.list_workflows(
-                ex, status=status, name=name, parent=parent,
-                limit=limit, offset=offset, newest_first=newest_first,
-                created_after=after, created_before=before,
-            )
+        query = WorkflowQuery(
+            status=status, name=name, parent=parent, limit=limit, offset=offset,
+            newest_first=newest_first, created_after=created_after, created_before=created_before,
         )  # fmt: skip
-        return [WorkflowStatus.from_row(self.services.codec, r) for r in rows]
+        return management.list_workflows(self.services, query)
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
         """The checkpoints recorded for a workflow, in order."""

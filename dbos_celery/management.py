@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -36,8 +37,9 @@ from .errors import (
 )
 from .status import LIVE
 from .store import workflows
-from .validation import check_id
-from .workflow import WorkflowHandle
+from .store.workflows import WorkflowQuery
+from .validation import check_id, check_number
+from .workflow import WorkflowHandle, WorkflowStatus
 
 if TYPE_CHECKING:
     from .services import Services
@@ -113,6 +115,26 @@ def fork(
     if publish is not None:
         publish(new_id, name)
     return handle, True
+
+
+def list_workflows(sv: Services, query: WorkflowQuery) -> list[WorkflowStatus]:
+    """The workflows matching ``query``, its filters checked first."""
+    for what in ("status", "name", "parent"):
+        value = getattr(query, what)
+        if value is not None and not isinstance(value, str):
+            raise InvalidArgumentError(f"{what} must be a str, got {type(value).__name__}")
+    for what in ("limit", "offset"):
+        if getattr(query, what) is not None:
+            check_number(getattr(query, what), what, integer=True)
+    if not isinstance(query.newest_first, bool):
+        raise InvalidArgumentError(f"newest_first must be a bool, got {query.newest_first!r}")
+    query = replace(
+        query,
+        created_after=as_utc(query.created_after, "created_after"),
+        created_before=as_utc(query.created_before, "created_before"),
+    )
+    rows = sv.store.now(workflows.list_workflows, query)
+    return [WorkflowStatus.from_row(sv.codec, r) for r in rows]
 
 
 def as_utc(value: Any, what: str) -> datetime | None:

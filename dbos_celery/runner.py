@@ -131,7 +131,7 @@ def _finish(sv: Services, runtime: ProcessRuntime, row: WorkflowRow, outcome: _O
     parked on it."""
     wid = row.id
     try:
-        finished = sv.store.now(workflows.finish_workflow_parent, wid, runtime.executor_id,
+        finished = sv.store.now(workflows.finish_workflow, wid, runtime.executor_id,
                                 outcome.status, outcome.output, outcome.error)  # fmt: skip
     except DatabaseUnavailableError as exc:
         _hand_back(runtime, wid, row.name, exc)  # the replay finishes it

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Float, Text, and_, bindparam, exists, literal, or_, select
+from sqlalchemy import Float, Text, and_, bindparam, exists, literal, or_, select, update
 
-from ..status import Status
+from ..status import LIVE, Status
 from .dialect import async_commit, now, seconds
 from .tables import workers
 from .tables import workflows as wf
@@ -86,3 +86,14 @@ ASYNC_COMMIT = select(async_commit().label("x")).cte("async_commit")
 def status_in(statuses: tuple[str, ...]) -> Any:
     # not IN (...): an expanding parameter would need every value at compile time
     return or_(*(wf.c.status == x for x in statuses))
+
+
+def cancel_live(condition: Any, *returning: Any) -> Any:
+    """An UPDATE: the live rows (ENQUEUED, PENDING, WAITING) matching
+    ``condition`` become CANCELLED, no longer parked; RETURNING ``returning``."""
+    return (
+        update(wf)
+        .where(condition, status_in(LIVE))
+        .values(status=Status.CANCELLED, wake_at=None, waiting_for=None, updated_at=now())
+        .returning(*returning)
+    )

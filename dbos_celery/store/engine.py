@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine, NullPool, create_engine, event
+
+__all__ = ["Database", "Engine", "Executor", "check_database_url", "is_engine"]
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.sql.compiler import SQLCompiler

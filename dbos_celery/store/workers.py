@@ -24,9 +24,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from ..errors import ConfigurationError
 from ..keys import sweep_lock
 from ..status import Status
-from .common import (
-    live_worker,
-)
+from .common import cancel_live, live_worker
 from .dialect import (
     in_list,
     least,
@@ -125,19 +123,7 @@ class Recovered:
 
 _SWEEP_LOCK = select(try_lock(bindparam("lock", type_=Text)))
 # a timeout: children inherit the deadline, so they expire in the same pass
-_CANCEL_EXPIRED = (
-    update(wf)
-    .where(
-        or_(
-            wf.c.status == Status.ENQUEUED,
-            wf.c.status == Status.PENDING,
-            wf.c.status == Status.WAITING,
-        ),
-        wf.c.deadline <= now(),
-    )
-    .values(status=Status.CANCELLED, wake_at=None, waiting_for=None, updated_at=now())
-    .returning(wf.c.id, wf.c.name, wf.c.status)
-)
+_CANCEL_EXPIRED = cancel_live(wf.c.deadline <= now(), wf.c.id, wf.c.name, wf.c.status)
 _ATTEMPTS = wf.c.recovery_attempts + 1
 _RECOVER_DEAD = (
     update(wf)

@@ -4,6 +4,7 @@ release; and management: cancel, expire, resume, fork.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
@@ -24,7 +25,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from ..status import LIVE, RESUMABLE, Status
+from ..status import RESUMABLE, Status
 from .common import (
     ASYNC_COMMIT,
     HELD,
@@ -33,6 +34,7 @@ from .common import (
     WORKFLOW_COLS,
     StepRow,
     WorkflowRow,
+    cancel_live,
     live_worker,
     status_in,
     workflow_row,
@@ -117,32 +119,35 @@ def workflow_exists(ex: Executor, workflow_id: str) -> bool:
     return ex.first(_EXISTS, {"wid": workflow_id}) is not None
 
 
-def list_workflows(
-    ex: Executor,
-    *,
-    status: str | None = None,
-    name: str | None = None,
-    parent: str | None = None,
-    limit: int | None = None,
-    offset: int | None = None,
-    newest_first: bool = False,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
-) -> list[WorkflowRow]:
-    """Created in [created_after, created_before) when given."""
+@dataclass(frozen=True)
+class WorkflowQuery:
+    """Filters of list_workflows: created in [created_after, created_before)
+    when given; oldest first unless ``newest_first``."""
+
+    status: str | None = None
+    name: str | None = None
+    parent: str | None = None
+    limit: int | None = None
+    offset: int | None = None
+    newest_first: bool = False
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def list_workflows(ex: Executor, f: WorkflowQuery) -> list[WorkflowRow]:
     q = select(*WORKFLOW_COLS)
-    if status is not None:
-        q = q.where(wf.c.status == status)
-    if name is not None:
-        q = q.where(wf.c.name == name)
-    if parent is not None:
-        q = q.where(wf.c.parent_id == parent)
-    if created_after is not None:
-        q = q.where(wf.c.created_at >= created_after)
-    if created_before is not None:
-        q = q.where(wf.c.created_at < created_before)
-    order = wf.c.created_at.desc() if newest_first else wf.c.created_at.asc()
-    q = q.order_by(order, wf.c.id).limit(limit).offset(offset)
+    if f.status is not None:
+        q = q.where(wf.c.status == f.status)
+    if f.name is not None:
+        q = q.where(wf.c.name == f.name)
+    if f.parent is not None:
+        q = q.where(wf.c.parent_id == f.parent)
+    if f.created_after is not None:
+        q = q.where(wf.c.created_at >= f.created_after)
+    if f.created_before is not None:
+        q = q.where(wf.c.created_at < f.created_before)
+    order = wf.c.created_at.desc() if f.newest_first else wf.c.created_at.asc()
+    q = q.order_by(order, wf.c.id).limit(f.limit).offset(f.offset)
     return [workflow_row(r) for r in ex.rows(q, cache=False)]
 
 
@@ -222,20 +227,9 @@ def finish_workflow(
     status: str,
     output: bytes | None,
     error: bytes | None,
-) -> bool:
-    """Record the outcome if this executor still holds the lease."""
-    return finish_workflow_parent(ex, workflow_id, executor_id, status, output, error) is not None
-
-
-def finish_workflow_parent(
-    ex: Executor,
-    workflow_id: str,
-    executor_id: str,
-    status: str,
-    output: bytes | None,
-    error: bytes | None,
 ) -> tuple[str | None] | None:
-    """finish_workflow, returning (parent id,) when it recorded the outcome."""
+    """Record the outcome if this executor still holds the lease: (parent id,)
+    when it did, else None (nothing written)."""
     params = {"wid": workflow_id, "executor": executor_id, "status": status,
               "output": output, "error": error}  # fmt: skip
     row = ex.first(_FINISH, params)
@@ -259,12 +253,7 @@ def lease_state(ex: Executor, workflow_id: str) -> tuple[str, str | None] | None
     return (row[0], row[1]) if row is not None else None
 
 
-_CANCEL = (
-    update(wf)
-    .where(wf.c.id == WID, status_in(LIVE))
-    .values(status=Status.CANCELLED, wake_at=None, waiting_for=None, updated_at=now())
-    .returning(wf.c.id)
-)
+_CANCEL = cancel_live(wf.c.id == WID, wf.c.id)
 
 
 def cancel_workflow(ex: Executor, workflow_id: str) -> bool:
@@ -275,19 +264,9 @@ def cancel_workflow(ex: Executor, workflow_id: str) -> bool:
 
 
 _EXPIRE_OWN = (
-    update(wf)
-    .where(
-        HELD,
-    )
-    .values(status=Status.CANCELLED, updated_at=now())
-    .returning(wf.c.id)
+    update(wf).where(HELD).values(status=Status.CANCELLED, updated_at=now()).returning(wf.c.id)
 )
-_CANCEL_CHILDREN = (
-    update(wf)
-    .where(wf.c.parent_id == WID, status_in(LIVE))
-    .values(status=Status.CANCELLED, wake_at=None, waiting_for=None, updated_at=now())
-    .returning(wf.c.id)
-)
+_CANCEL_CHILDREN = cancel_live(wf.c.parent_id == WID, wf.c.id)
 
 
 def expire_run(ex: Executor, workflow_id: str, executor_id: str) -> list[str] | None:
