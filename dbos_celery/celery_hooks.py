@@ -7,7 +7,9 @@
 - ``task_received``: the workflow messages (and durable.call tasks) this
   process has prefetched, reported with its heartbeat;
 - a bootstep that notes the worker's queues and concurrency before the pool
-  forks (for CallWouldDeadlockError);
+  forks (for CallWouldDeadlockError), and makes the shared counter through
+  which the pool's processes learn that the worker wants its slots back
+  (``slots.py``; refreshed by the main process);
 - ``task_prerun`` / ``task_success`` / ``task_failure`` / ``task_revoked``:
   the outcomes of durable.call tasks.
 
@@ -22,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps, signals
 
 from .keys import parse_task_id
+from .loops import Periodic
 from .recovery.sweep import Sweeper
+from .slots import REFRESH
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -51,6 +55,7 @@ class CeleryHooks:
         self.outcomes = outcomes
         self.on_worker_stop = on_worker_stop
         self.sweeper: Sweeper | None = None
+        self.demand = Periodic("dbos-celery-slots", REFRESH, sv.slots.refresh)
 
     def install(self) -> None:
         signals.worker_process_init.connect(self._on_process_init)
@@ -61,7 +66,21 @@ class CeleryHooks:
         signals.task_success.connect(self.outcomes.on_success)
         signals.task_failure.connect(self.outcomes.on_failure)
         signals.task_revoked.connect(self.outcomes.on_revoked)
-        self.app.steps["worker"].add(_facts_bootstep(self.dispatcher.note_worker))
+        self.app.steps["worker"].add(_facts_bootstep(self.before_fork))
+
+    def before_fork(self, worker: Any) -> None:
+        """In a worker's main process, before the pool forks: note its queues
+        and concurrency, and make the counter of requests waiting for a slot
+        that the pool's processes read."""
+        self.dispatcher.note_worker(worker)
+        self.sv.slots.create()
+
+    def worker_stop(self) -> None:
+        """Warm or cold shutdown: waits in the pool park at once, freeing
+        their slots; then this process's threads stop."""
+        self.sv.slots.shutting_down()
+        self.demand.stop()
+        self.on_worker_stop()
 
     def stop_sweeper(self) -> None:
         if self.sweeper is not None:
@@ -83,6 +102,7 @@ class CeleryHooks:
         if self.sweeper is None:
             self.sweeper = Sweeper(sv.store, sv.settings, sv.notifier, sv.publish)
             self.sweeper.start()
+        self.demand.start()
 
     def _on_task_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is not self.app or request is None:
@@ -91,6 +111,17 @@ class CeleryHooks:
             self.sv.runtime().note_reserved(request.id)
         elif parse_task_id(getattr(request, "id", None)) is not None:
             self.sv.runtime().note_call_received(request.id)
+        self.sv.slots.refresh()  # a request may wait for a slot now
+
+
+def time_limit(task: Any) -> float | None:
+    """Seconds after its start at which Celery ends the running ``task``: the
+    earlier of its soft and hard limits, from the message (``apply_async``'s
+    ``time_limit``/``soft_time_limit``) or else the task's own (which default
+    to the app's ``task_time_limit``/``task_soft_time_limit``). None: none."""
+    hard, soft = getattr(task.request, "timelimit", None) or (None, None)
+    limits = [x for x in (soft or task.soft_time_limit, hard or task.time_limit) if x]
+    return float(min(limits)) if limits else None
 
 
 def _worker_bootstep(hooks: CeleryHooks) -> type[bootsteps.StartStopStep]:
@@ -105,7 +136,7 @@ def _worker_bootstep(hooks: CeleryHooks) -> type[bootsteps.StartStopStep]:
             hooks.worker_start()
 
         def stop(self, parent: Any) -> None:
-            hooks.on_worker_stop()
+            hooks.worker_stop()
 
     return DurableWorker
 

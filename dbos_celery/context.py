@@ -34,6 +34,9 @@ class WorkflowContext:
     # set by a cancel hint (Redis, or this process's heartbeat): read the
     # status at the next durable boundary
     stop_hint: bool = False
+    # monotonic time by which a wait parks: before the Celery task's time
+    # limit (soft or hard) ends the run (None: no limit)
+    park_by: float | None = None
 
     def next_seq(self) -> int:
         seq = self.seq

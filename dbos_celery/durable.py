@@ -20,7 +20,7 @@ from celery.utils.imports import gen_task_name
 from . import config, context, management, messaging, runner
 from .calls.dispatch import Dispatcher, TaskCall
 from .calls.outcome import Outcomes
-from .celery_hooks import CeleryHooks
+from .celery_hooks import CeleryHooks, time_limit
 from .errors import ConfigurationError, InvalidArgumentError, NonExistentWorkflowError
 from .keys import channel_prefix
 from .recovery.sweep import Sweeper
@@ -121,7 +121,7 @@ class Durable:
                 raise ConfigurationError(f"a workflow named {task_name!r} is already registered")
 
             def run(workflow_id: str) -> None:
-                self._execute(workflow_id)
+                self._execute(workflow_id, time_limit(task))
 
             run.__name__ = fn.__name__
             run.__qualname__ = fn.__qualname__
@@ -299,8 +299,8 @@ class Durable:
         else:
             self.app.send_task(name, (workflow_id,), task_id=workflow_id)
 
-    def _execute(self, workflow_id: str) -> None:
-        runner.execute(self.services, workflow_id, self.workflows)
+    def _execute(self, workflow_id: str, limit: float | None = None) -> None:
+        runner.execute(self.services, workflow_id, self.workflows, limit)
 
     def sweep(self) -> list[Recovered]:
         """Run one recovery sweep now; returns what it re-published, and the

@@ -8,7 +8,6 @@ has to wait, so a recovered workflow waits only for the time that was left.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -206,5 +205,6 @@ def sleep(sv: Services, seconds: float) -> None:
         return durable_deadline(sv, ctx, seq, SLEEP_STEP, seconds)
 
     w: Wait[None] = Wait(sleep_key(ctx.workflow_id), never, deadline=wake, listen=False,
-             parks_at=parking.parks_at(sv.settings), poll=math.inf)  # fmt: skip
+             parks_at=parking.parks_at(sv.settings),
+             poll=sv.settings.poll_interval)  # fmt: skip
     wait_for(sv, ctx, w)

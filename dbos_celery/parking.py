@@ -44,13 +44,17 @@ def parks_at(settings: Settings) -> float | None:
     return None if after is None else time.monotonic() + after
 
 
-def should_park(settings: Settings, at: float | None, remaining: float | None) -> bool:
-    """Whether a wait that began parking at monotonic ``at`` should park
-    now; ``remaining``: seconds to its own wake time (None: none). Not when
-    the wake would come sooner than the sweep could deliver it."""
-    if at is None or time.monotonic() < at:
+def should_park(sv: Services, at: float | None, remaining: float | None) -> bool:
+    """Whether a wait whose park time is monotonic ``at`` (None: parking is
+    off) should park now: its park time came, or the worker wants the slot
+    (requests wait for one, or it shuts down). ``remaining``: seconds to its
+    own wake time (None: none); not when the wake would come sooner than the
+    sweep could deliver it."""
+    if at is None:
         return False
-    return remaining is None or remaining > settings.sweep_interval
+    if remaining is not None and remaining <= sv.settings.sweep_interval:
+        return False
+    return time.monotonic() >= at or sv.slots.wanted()
 
 
 def park(sv: Services, ctx: WorkflowContext, waiting_for: str, wake_at: float | None) -> None:

@@ -10,6 +10,7 @@ at once and the broker message is acknowledged.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -47,8 +48,16 @@ class _Outcome:
         self.error = error
 
 
-def execute(sv: Services, workflow_id: str, registry: Mapping[str, Workflow[Any, Any]]) -> None:
-    """Claim and run (or replay) one workflow, found by name in ``registry``."""
+def execute(
+    sv: Services,
+    workflow_id: str,
+    registry: Mapping[str, Workflow[Any, Any]],
+    time_limit: float | None = None,
+) -> None:
+    """Claim and run (or replay) one workflow, found by name in ``registry``.
+    ``time_limit``: seconds from now after which Celery ends the run (the
+    task's soft or hard time limit); its waits park before it."""
+    started = time.monotonic()
     runtime = sv.runtime()
     runtime.start()
     executor = runtime.executor_id
@@ -78,9 +87,17 @@ def execute(sv: Services, workflow_id: str, registry: Mapping[str, Workflow[Any,
     ctx = WorkflowContext(workflow_id, executor, {s.seq: s for s in steps})
     if row.deadline is not None:
         ctx.deadline = row.deadline.timestamp()
+    if time_limit is not None:
+        ctx.park_by = started + time_limit - time_limit_margin(time_limit)
     outcome = _run(sv, runtime, ctx, row, wf.fn)
     if outcome is not None:
         _finish(sv, runtime, row, outcome)
+
+
+def time_limit_margin(limit: float) -> float:
+    """How long before a time limit a wait parks: a quarter of it, at least
+    0.5 s and at most 2 s (a park is one short transaction)."""
+    return min(2.0, max(0.5, 0.25 * limit))
 
 
 def _run(

@@ -2,7 +2,8 @@
 
 ``Durable`` (the façade) builds one :class:`Services` and passes it down;
 a module takes what it uses from it: the store, the notifier, the codec,
-the settings, the publish function, and this process's runtime. No module
+the settings, the publish function, this process's runtime, and whether the
+worker wants its slots back. No module
 but the façade and the CLI knows ``Durable``.
 """
 
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from .config import Settings
 from .recovery.heartbeat import ProcessRuntime
 from .serialization import Serializer
+from .slots import SlotDemand
 from .store.engine import Database
 from .wakeup import Notifier
 
@@ -23,7 +25,7 @@ Publish = Callable[[str, str], None]  # (workflow id, workflow name): send its C
 class Services:
     """What the workflows of one Durable run on."""
 
-    __slots__ = ("store", "notifier", "codec", "settings", "publish", "_runtime")
+    __slots__ = ("store", "notifier", "codec", "settings", "publish", "slots", "_runtime")
 
     def __init__(
         self,
@@ -38,6 +40,8 @@ class Services:
         self.codec = codec
         self.settings = settings
         self.publish = publish
+        # whether this worker wants its slots back (set up by the worker's hooks)
+        self.slots = SlotDemand()
         self._runtime: ProcessRuntime | None = None
 
     def runtime(self) -> ProcessRuntime:

@@ -11,6 +11,9 @@ outcomes of durable.calls) is a :class:`Wait` run by :func:`wait_for`:
    None; when the slot should be freed, park (the run ends, ``Parked``);
    else wait for a hint, at most ``poll_interval`` and never past the
    deadline, the park time or the workflow's own deadline; re-check.
+   The slot should be freed once ``park_after`` has passed, before the
+   Celery task's time limit would end the run, or at once when the worker
+   wants it (requests waiting for one, or a shutdown: ``slots.py``).
 
 A lost hint costs at most one poll interval; a cancel or a timeout of the
 workflow ends the wait at once with WorkflowCancelledError.
@@ -102,27 +105,34 @@ def wait_for(sv: Services, ctx: WorkflowContext | None, w: Wait[T]) -> T | None:
             remaining = None if deadline is None else deadline - w.clock()
             if remaining is not None and remaining <= 0:
                 return None
-            if ctx is not None and _park_now(sv, w, deadline):
+            if ctx is not None and _park_now(sv, w, ctx, deadline):
                 parking.park(sv, ctx, w.key, w.wake_at(deadline))  # raises unless ready
                 w.parks_at = parking.parks_at(sv.settings)
             else:
-                waiter.wait(cancellation.bound(ctx, _bound(w, remaining)))
+                waiter.wait(cancellation.bound(ctx, _bound(w, ctx, remaining)))
                 cancellation.check(sv, ctx)
             got = w.check()
             if got is not None:
                 return got
 
 
-def _park_now(sv: Services, w: Wait[T], deadline: float | None) -> bool:
+def _park_time(w: Wait[T], ctx: WorkflowContext | None) -> float | None:
+    """The monotonic time at which the wait parks: after ``park_after``, or
+    before the task's time limit, whichever comes first (None: never)."""
+    times = [t for t in (w.parks_at, None if ctx is None else ctx.park_by) if t is not None]
+    return min(times, default=None)
+
+
+def _park_now(sv: Services, w: Wait[T], ctx: WorkflowContext, deadline: float | None) -> bool:
     wake_at = w.wake_at(deadline)
-    return parking.should_park(
-        sv.settings, w.parks_at, None if wake_at is None else wake_at - time.time()
-    )
+    remaining = None if wake_at is None else wake_at - time.time()
+    return parking.should_park(sv, _park_time(w, ctx), remaining)
 
 
-def _bound(w: Wait[T], remaining: float | None) -> float:
+def _bound(w: Wait[T], ctx: WorkflowContext | None, remaining: float | None) -> float:
     """How long to wait for a hint before checking again."""
     wait = w.poll if remaining is None else min(w.poll, remaining)
-    if w.parks_at is not None:
-        wait = max(0.0, min(wait, w.parks_at - time.monotonic()))
+    at = _park_time(w, ctx)
+    if at is not None:
+        wait = max(0.0, min(wait, at - time.monotonic()))
     return wait

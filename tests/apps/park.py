@@ -20,6 +20,9 @@ from tests.support import app_from_env, write_ledger
 def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
     ns = app_from_env("park", env, **durable_options)
     durable, schema = ns.durable, ns.schema
+    limit = (env if env is not None else os.environ).get("DBOS_TEST_TASK_TIME_LIMIT")
+    if limit:  # the app's global hard time limit, for every task
+        ns.app.conf.task_time_limit = float(limit)
 
     def ledger(workflow_id: str, what: str) -> None:
         write_ledger(schema, workflow_id, what)
@@ -43,6 +46,14 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
     @durable.workflow(name="park.quiet")
     def quiet(topic: str, timeout: float) -> Any:
         """waits without the ledger: for many workflows at once."""
+        return durable.recv(topic, timeout=timeout)
+
+    @durable.workflow(name="park.soft_limited", soft_time_limit=3)
+    def soft_limited(topic: str, timeout: float) -> Any:
+        return durable.recv(topic, timeout=timeout)
+
+    @durable.workflow(name="park.hard_limited", time_limit=3)
+    def hard_limited(topic: str, timeout: float) -> Any:
         return durable.recv(topic, timeout=timeout)
 
     @durable.workflow(name="park.sleeps")
@@ -75,7 +86,8 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
         durable.set_event("got", first)
         return [first, durable.recv(topic, timeout=600)]
 
-    ns.__dict__.update(waits=waits, quiet=quiet, sleeps=sleeps, parent=parent, child=child_)
+    ns.__dict__.update(waits=waits, quiet=quiet, sleeps=sleeps, parent=parent, child=child_,
+                       soft_limited=soft_limited, hard_limited=hard_limited)  # fmt: skip
     return ns
 
 

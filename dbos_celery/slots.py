@@ -1,0 +1,62 @@
+"""Whether this worker wants its slots back: requests are waiting for a slot,
+or the worker is shutting down.
+
+A waiting workflow holds a Celery slot; when the slot is wanted, the wait
+parks at once instead of after ``park_after`` (``parking.should_park``). The
+worker's main process knows (Celery's worker state: reserved requests not
+yet running, ``should_stop``); under prefork the workflows run in the pool's
+children, which do not. A counter in shared memory, made before the pool
+forks, carries it to them: the main process refreshes it every
+``REFRESH`` seconds and at once when a message arrives or a shutdown
+begins; a wait reads it before each sleep (a read of shared memory, no
+round trip).
+"""
+
+from __future__ import annotations
+
+from multiprocessing.sharedctypes import RawValue
+from typing import Any
+
+# the value while the worker shuts down; otherwise the count of requests
+# waiting for a slot
+SHUTTING_DOWN = -1
+REFRESH = 0.1
+
+
+class SlotDemand:
+    """The shared counter of one worker (none outside a worker)."""
+
+    def __init__(self) -> None:
+        self._value: Any = None
+
+    def create(self) -> None:
+        """In the worker's main process, before the pool forks."""
+        if self._value is None:
+            self._value = RawValue("i", 0)
+
+    def wanted(self) -> bool:
+        """True when a request waits for a slot or the worker shuts down."""
+        value = self._value
+        return value is not None and value.value != 0
+
+    def refresh(self) -> None:
+        """In the worker's main process: count the reserved requests not yet
+        running, or mark the shutdown."""
+        value = self._value
+        if value is None or value.value == SHUTTING_DOWN:
+            return
+        from celery.worker import state
+
+        if state.should_stop not in (None, False) or state.should_terminate not in (None, False):
+            value.value = SHUTTING_DOWN
+            return
+        try:
+            reserved = list(state.reserved_requests)
+        except RuntimeError:  # changed while read (the consumer's thread): next time
+            return
+        active = state.active_requests
+        value.value = sum(1 for r in reserved if r not in active)
+
+    def shutting_down(self) -> None:
+        if self._value is not None:
+            self._value.value = SHUTTING_DOWN
