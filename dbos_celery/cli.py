@@ -65,7 +65,11 @@ def _publishing(p: argparse.ArgumentParser) -> None:
         help="Celery broker to publish the workflow's message to (default: "
         "$DBOS_CELERY_BROKER_URL; none: the recovery sweep publishes it later)",
     )
-    p.add_argument("--queue", help="queue to publish to (default: Celery's default queue)")
+    p.add_argument(
+        "--queue",
+        help="queue to publish to (default: the queue the workflow was started on, else "
+        "Celery's default queue)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -181,11 +185,12 @@ class _Publisher:
         self.app: Celery | None = None
         self.published = False
 
-    def __call__(self, workflow_id: str, name: str) -> None:
+    def __call__(self, workflow_id: str, name: str, queue: str | None) -> None:
         if self.url is None:
             return
         self.app = Celery("dbos-celery-cli", broker=self.url)
-        options: dict[str, Any] = {"queue": self.queue} if self.queue else {}
+        queue = self.queue or queue  # --queue, else the queue it runs on
+        options: dict[str, Any] = {"queue": queue} if queue else {}
         try:
             self.app.send_task(
                 name, (workflow_id,), task_id=workflow_id, retry=True,

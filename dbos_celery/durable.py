@@ -291,13 +291,15 @@ class Durable:
 
     # --- plumbing -----------------------------------------------------------
 
-    def _publish(self, workflow_id: str, name: str) -> None:
-        """Publish the Celery message that runs a workflow: only its id."""
+    def _publish(self, workflow_id: str, name: str, queue: str | None = None) -> None:
+        """Publish the Celery message that runs a workflow: only its id, to
+        ``queue`` (the one recorded when it started) or as the app routes it."""
+        options: dict[str, Any] = {"queue": queue} if queue else {}
         wf = self.workflows.get(name)
         if wf is not None:
-            wf.task.apply_async((workflow_id,), task_id=workflow_id)
+            wf.task.apply_async((workflow_id,), task_id=workflow_id, **options)
         else:
-            self.app.send_task(name, (workflow_id,), task_id=workflow_id)
+            self.app.send_task(name, (workflow_id,), task_id=workflow_id, **options)
 
     def _execute(self, workflow_id: str, limit: float | None = None) -> None:
         runner.execute(self.services, workflow_id, self.workflows, limit)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbos_celery")
 
-Publisher = Callable[[str, str], None]  # (workflow_id, workflow name)
+Publisher = Callable[[str, str, str | None], None]  # (workflow id, name, queue)
 
 
 def cancel(sv: Services, workflow_id: str) -> bool:
@@ -68,9 +68,9 @@ def resume(
     """The handle, and whether a new run was enqueued (and published when
     ``publish`` is given). A live workflow is left alone (False)."""
     check_id(workflow_id, "workflow_id")
-    name = sv.store.now(workflows.resume_workflow, workflow_id)
+    target = sv.store.now(workflows.resume_workflow, workflow_id)
     handle: WorkflowHandle[Any] = WorkflowHandle(sv, workflow_id)
-    if name is None:
+    if target is None:
         state = sv.store.now(workflows.lease_state, workflow_id)
         if state is None:
             raise NonExistentWorkflowError(workflow_id)
@@ -79,7 +79,7 @@ def resume(
         raise WorkflowNotResumableError(workflow_id, state[0])
     log.info("workflow %s resumed", workflow_id, extra={"workflow_id": workflow_id})
     if publish is not None:
-        publish(workflow_id, name)
+        publish(*target)
     return handle, True
 
 
@@ -101,8 +101,8 @@ def fork(
         raise InvalidArgumentError("new_id must differ from the forked workflow's id")
     new_id = new_id or str(uuid.uuid4())
     handle: WorkflowHandle[Any] = WorkflowHandle(sv, new_id)
-    name = sv.store.run(workflows.fork_workflow, workflow_id, new_id, from_step)
-    if name is None:
+    target = sv.store.run(workflows.fork_workflow, workflow_id, new_id, from_step)
+    if target is None:
         source = sv.store.now(workflows.workflow_name, workflow_id)
         if source is None:
             raise NonExistentWorkflowError(workflow_id)
@@ -113,7 +113,7 @@ def fork(
     log.info("workflow %s forked from %s at step %d", new_id, workflow_id, from_step,
              extra={"workflow_id": new_id})  # fmt: skip
     if publish is not None:
-        publish(new_id, name)
+        publish(*target)
     return handle, True
 
 

@@ -92,8 +92,8 @@ def wake(sv: Services, waiting_for: str) -> None:
     awaited message, event or outcome exists now (the sweep wakes any this
     misses)."""
     try:
-        for wid, name in sv.store.now(parking.wake_ready, waiting_for):
-            sv.publish(wid, name)
+        for target in sv.store.now(parking.wake_ready, waiting_for):
+            sv.publish(*target)
     except Exception as exc:  # the sweep is the guarantee
         log.warning("could not wake workflows parked on %r (%s); the sweep will",
                     waiting_for, exc)  # fmt: skip

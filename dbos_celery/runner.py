@@ -68,7 +68,7 @@ def execute(
     except DatabaseUnavailableError as exc:
         # the claim may have committed before the connection dropped: then
         # only this live process could give the lease back
-        _hand_back(runtime, workflow_id, None, exc)
+        _hand_back(runtime, workflow_id, exc)
         return
     if claimed is None:
         log.info("workflow %s is running elsewhere or finished; delivery dropped",
@@ -126,14 +126,14 @@ def _run(
         # Either another runner owns it now (the release is a no-op), or our
         # own commit landed before its connection dropped and the retry hit
         # the checkpoint it wrote: then replay it at once from a new delivery.
-        runtime.hand_back(wid, row.name)
+        runtime.hand_back(wid)
         log.warning("workflow %s: checkpoint conflict; replaying from its checkpoints",
                     wid, extra={"workflow_id": wid})  # fmt: skip
     except DatabaseUnavailableError as exc:
         # Not the workflow's outcome: the database stayed away longer than
         # database_retry_timeout. Every checkpoint that committed is kept;
         # give the lease back once the database answers, and replay.
-        _hand_back(runtime, wid, row.name, exc)
+        _hand_back(runtime, wid, exc)
     except Exception as exc:
         log.info("workflow %s failed: %r", wid, exc, extra={"workflow_id": wid})
         return _Outcome(Status.ERROR, error=sv.codec.dumps_error(exc))
@@ -151,19 +151,17 @@ def _finish(sv: Services, runtime: ProcessRuntime, row: WorkflowRow, outcome: _O
         finished = sv.store.now(workflows.finish_workflow, wid, runtime.executor_id,
                                 outcome.status, outcome.output, outcome.error)  # fmt: skip
     except DatabaseUnavailableError as exc:
-        _hand_back(runtime, wid, row.name, exc)  # the replay finishes it
+        _hand_back(runtime, wid, exc)  # the replay finishes it
         return
     has_parent = finished is not None and finished[0] is not None
     parking.announce(sv, done_key(wid), parked=has_parent)  # a parent parked in result()
 
 
-def _hand_back(
-    runtime: ProcessRuntime, workflow_id: str, name: str | None, exc: BaseException
-) -> None:
+def _hand_back(runtime: ProcessRuntime, workflow_id: str, exc: BaseException) -> None:
     """The database went away mid-run. The row is PENDING under this live
     executor, so no sweep would ever recover it: the runtime releases the
     lease and re-publishes the workflow as soon as the database answers."""
     log.warning("workflow %s: database unavailable (%s); it is replayed from its "
                 "checkpoints when the database answers", workflow_id, exc,
                 extra={"workflow_id": workflow_id})  # fmt: skip
-    runtime.hand_back(workflow_id, name)
+    runtime.hand_back(workflow_id)

@@ -19,7 +19,8 @@ from .slots import SlotDemand
 from .store.engine import Database
 from .wakeup import Notifier
 
-Publish = Callable[[str, str], None]  # (workflow id, workflow name): send its Celery message
+# (workflow id, workflow name, its queue or None): send its Celery message
+Publish = Callable[[str, str, str | None], None]
 
 
 class Services:

@@ -24,6 +24,7 @@ from .errors import (
     WorkflowFailedError,
 )
 from .keys import DEADLINE, RESULT, START_PREFIX, done_key
+from .routing import queue_of
 from .status import FINAL, Status
 from .store import workflows
 from .validation import check_id, check_timeout
@@ -220,8 +221,13 @@ class Workflow(Generic[P, R]):
         timeout = self.timeout if timeout is None else timeout
         workflow_id, inserted = self._create(args, kwargs, workflow_id, timeout)
         if inserted:
-            self.sv.publish(workflow_id, self.name)
+            self.sv.publish(workflow_id, self.name, self._queue())
         return WorkflowHandle(self.sv, workflow_id)
+
+    def _queue(self) -> str | None:
+        """The queue this workflow's task is routed to from here (recorded
+        with the row, so that every later publish goes there too)."""
+        return queue_of(self.task.app, self.name)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the workflow durably in this thread and return its result."""
@@ -241,7 +247,8 @@ class Workflow(Generic[P, R]):
         ctx = context.current()
         if ctx is None or ctx.in_step:
             workflow_id = workflow_id or str(uuid.uuid4())
-            return workflow_id, sv.store.now(self._insert, workflow_id, inputs, None, timeout)
+            inserted = sv.store.now(self._insert, workflow_id, inputs, None, timeout)
+            return workflow_id, inserted
         return self._create_child(ctx, inputs, workflow_id, timeout)
 
     def _create_child(
@@ -276,7 +283,7 @@ class Workflow(Generic[P, R]):
         """Insert the row; an existing row of the same workflow is fine
         (idempotent start), one of another workflow is an error."""
         if workflows.insert_workflow(
-            ex, workflow_id, self.name, inputs, parent, timeout, inherited_deadline
+            ex, workflow_id, self.name, inputs, parent, timeout, inherited_deadline, self._queue()
         ):
             return True
         existing = workflows.workflow_name(ex, workflow_id)

@@ -19,6 +19,7 @@ from .. import cancellation, context, parking
 from ..checkpoint import checkpointed, replayed, write_checkpoint
 from ..errors import CallWouldDeadlockError, InvalidArgumentError, SerializationError
 from ..keys import CALL_PREFIX, DISPATCH_PREFIX, calls_key, task_id_for
+from ..routing import queue_of
 from ..step import Step
 from ..store import steps, workers
 from ..store.common import StepRow
@@ -236,19 +237,9 @@ class Dispatcher:
         facts = self.worker
         if facts is None or facts.slots != 1:
             return None
-        options = dict(c.signature.options)
-        task = self.app.tasks.get(c.name)
-        if "queue" not in options and getattr(task, "queue", None):
-            options["queue"] = task.queue
-        try:
-            route = self.app.amqp.router.route(
-                options, c.name, c.signature.args, c.signature.kwargs
-            )
-        except Exception:
-            return None  # a router that fails here fails at the publish too
-        queue = route.get("queue")
-        name = getattr(queue, "name", queue)
-        return name if isinstance(name, str) and name in facts.queues else None
+        sig = c.signature
+        queue = queue_of(self.app, c.name, dict(sig.options), sig.args, sig.kwargs)
+        return queue if queue in facts.queues else None
 
     def send(
         self, ctx: WorkflowContext, p: _Pending, reason: str | None, back_off: bool = False

@@ -38,7 +38,7 @@ class ProcessRuntime:
         self,
         store: Database,
         settings: Settings,
-        publish: Callable[[str, str], None],
+        publish: Callable[[str, str, str | None], None],
         wake: Callable[[str], None],
     ) -> None:
         self.store = store
@@ -54,7 +54,7 @@ class ProcessRuntime:
         self._running: dict[int, WorkflowContext] = {}
         # workflows this process stopped running while the database was away:
         # their lease is given back (and they are re-published) when it answers
-        self._handed_back: dict[str, str | None] = {}
+        self._handed_back: set[str] = set()
         self._lock = threading.Lock()  # guards _reserved, _running, _handed_back
         self._start_lock = threading.Lock()
         self._loop: Periodic | None = None
@@ -95,40 +95,37 @@ class ProcessRuntime:
         with self._lock:
             self._running.pop(id(ctx), None)
 
-    def hand_back(self, workflow_id: str, name: str | None) -> None:
+    def hand_back(self, workflow_id: str) -> None:
         """Give back this process's lease on a workflow it stopped running
         (ENQUEUED again) and re-publish it, so that a new delivery replays it
         from its checkpoints. Tried now; while the database is unavailable,
         again after every heartbeat that gets through, for as long as this
         process lives (if it dies, the sweep recovers the workflow anyway)."""
         with self._lock:
-            self._handed_back[workflow_id] = name
+            self._handed_back.add(workflow_id)
         try:
-            self._give_back(workflow_id, name)
+            self._give_back(workflow_id)
         except Exception as exc:
             log.warning("could not give back workflow %s yet (%s); retrying", workflow_id, exc,
                         extra={"workflow_id": workflow_id})  # fmt: skip
 
-    def _give_back(self, workflow_id: str, name: str | None) -> None:
+    def _give_back(self, workflow_id: str) -> None:
         released = self.store.now(workflows.release_workflow, workflow_id, self.executor_id)
         with self._lock:
-            self._handed_back.pop(workflow_id, None)
-        if not released:
+            self._handed_back.discard(workflow_id)
+        if released is None:
             return  # finished, or another runner owns it now
         try:
-            if name is None:
-                name = self.store.now(workflows.workflow_name, workflow_id)
-            if name is not None:
-                self.publish(workflow_id, name)
+            self.publish(*released)
         except Exception as exc:  # ENQUEUED: the sweep publishes it after enqueued_timeout
             log.warning("workflow %s given back but not published (%s)", workflow_id, exc,
                         extra={"workflow_id": workflow_id})  # fmt: skip
 
     def _retry_hand_backs(self) -> None:
         with self._lock:
-            pending = list(self._handed_back.items())
-        for workflow_id, name in pending:
-            self._give_back(workflow_id, name)
+            pending = sorted(self._handed_back)
+        for workflow_id in pending:
+            self._give_back(workflow_id)
             log.info("workflow %s given back after a database outage", workflow_id,
                      extra={"workflow_id": workflow_id})  # fmt: skip
 

@@ -39,7 +39,7 @@ class Sweeper:
         store: Database,
         settings: Settings,
         notifier: Notifier,
-        publish: Callable[[str, str], None],
+        publish: Callable[[str, str, str | None], None],
     ) -> None:
         self.store = store
         self.settings = settings
@@ -81,7 +81,7 @@ class Sweeper:
         else:
             log.info("recovering workflow %s (%s)", r.id, r.name, extra={"workflow_id": r.id})
         try:
-            self.publish(r.id, r.name)
+            self.publish(r.id, r.name, r.queue)
         except Exception:
             # the broker is down: these are due again at the next pass
             due = [x.id for x in rest if x.status in (WOKEN, Status.ENQUEUED)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Float, Text, and_, bindparam, exists, literal, or_, select, update
 
@@ -29,6 +29,14 @@ class WorkflowRow:
     created_at: datetime
     updated_at: datetime
     deadline: datetime | None
+
+
+class Target(NamedTuple):
+    """A workflow to publish: its id, its name and the queue it runs on."""
+
+    id: str
+    name: str
+    queue: str | None
 
 
 @dataclass(frozen=True)

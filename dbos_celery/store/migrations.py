@@ -57,8 +57,17 @@ def _v3(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v4(conn: Connection) -> None:
+    """The queue a workflow runs on."""
+    if _sqlite(conn):
+        return
+    conn.execute(
+        DDL("ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS queue TEXT").against(workflows)  # type: ignore[no-untyped-call]
+    )
+
+
 # index i holds the migration to version i + 1; append, never edit
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -24,6 +24,7 @@ from ..keys import CALLS, DISPATCH_PREFIX, DONE, EVENT, MAILBOX, SEP
 from ..status import FINAL, Status
 from .common import (
     HELD,
+    Target,
 )
 from .dialect import (
     from_epoch,
@@ -141,11 +142,11 @@ _WAKE_READY = (
         awaited_ready(wf),
     )
     .values(**WAKE_VALUES)
-    .returning(wf.c.id, wf.c.name)
+    .returning(wf.c.id, wf.c.name, wf.c.queue)
 )
 
 
-def wake_ready(ex: Executor, waiting_for: str) -> list[tuple[str, str]]:
+def wake_ready(ex: Executor, waiting_for: str) -> list[Target]:
     """WAITING workflows parked on ``waiting_for`` whose awaited message,
-    event or outcome(s) exist -> ENQUEUED; (id, name) of each, to publish."""
-    return [(r[0], r[1]) for r in ex.rows(_WAKE_READY, {"key": waiting_for})]
+    event or outcome(s) exist -> ENQUEUED; each, to publish."""
+    return [Target(*r) for r in ex.rows(_WAKE_READY, {"key": waiting_for})]

@@ -64,6 +64,9 @@ workflows = Table(
     # for (a wakeup key) arrives, or at wake_at (v3)
     Column("wake_at", DateTime(timezone=True)),
     Column("waiting_for", Text),
+    # the Celery queue it runs on, as routed when it started (v4): every
+    # publish of it goes there, whichever process publishes
+    Column("queue", Text),
     Index("ix_workflows_status_updated", "status", "updated_at"),
     Index("ix_workflows_parent", "parent_id"),
     Index("ix_workflows_created", "created_at"),

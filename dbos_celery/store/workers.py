@@ -119,11 +119,12 @@ class Recovered:
     id: str
     name: str
     status: str
+    queue: str | None
 
 
 _SWEEP_LOCK = select(try_lock(bindparam("lock", type_=Text)))
 # a timeout: children inherit the deadline, so they expire in the same pass
-_CANCEL_EXPIRED = cancel_live(wf.c.deadline <= now(), wf.c.id, wf.c.name, wf.c.status)
+_CANCEL_EXPIRED = cancel_live(wf.c.deadline <= now(), wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
 _ATTEMPTS = wf.c.recovery_attempts + 1
 _RECOVER_DEAD = (
     update(wf)
@@ -141,7 +142,7 @@ _RECOVER_DEAD = (
         publish_count=0,
         updated_at=now(),
     )
-    .returning(wf.c.id, wf.c.name, wf.c.status)
+    .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
 )
 _RECOVER_PREFETCHED = (
     update(wf)
@@ -151,7 +152,7 @@ _RECOVER_PREFETCHED = (
         ~live_worker(wf.c.reserved_by),
     )
     .values(reserved_by=None, updated_at=now())
-    .returning(wf.c.id, wf.c.name, wf.c.status)
+    .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
 )
 _BACKOFF = seconds(bindparam("grace", type_=Float) * pow2(least(wf.c.publish_count, 10)))
 _REPUBLISH_UNRECEIVED = (
@@ -162,7 +163,7 @@ _REPUBLISH_UNRECEIVED = (
         wf.c.updated_at < now() - _BACKOFF,
     )
     .values(publish_count=wf.c.publish_count + 1, updated_at=now())
-    .returning(wf.c.id, wf.c.name, wf.c.status)
+    .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
 )
 # a publish of the sweep failed (the broker is down): take back the backoff
 # step it took, and make the rows due again at the next sweep, so that a
@@ -192,7 +193,7 @@ _WAKE_DUE = (
     update(wf)
     .where(wf.c.status == Status.WAITING, or_(wf.c.wake_at <= now(), awaited_ready(wf)))
     .values(**WAKE_VALUES)
-    .returning(wf.c.id, wf.c.name, literal(WOKEN, Text))
+    .returning(wf.c.id, wf.c.name, literal(WOKEN, Text), wf.c.queue)
 )
 _FORGET_WORKERS = delete(workers).where(workers.c.last_heartbeat < now() - seconds(86400.0))
 

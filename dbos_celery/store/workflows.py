@@ -33,6 +33,7 @@ from .common import (
     WID,
     WORKFLOW_COLS,
     StepRow,
+    Target,
     WorkflowRow,
     cancel_live,
     live_worker,
@@ -60,6 +61,7 @@ _INSERT_WORKFLOW = (
         status=Status.ENQUEUED,
         inputs=bindparam("inputs", type_=LargeBinary),
         parent_id=bindparam("parent", type_=Text),
+        queue=bindparam("queue", type_=Text),
         # the earlier of its own timeout and the deadline it inherits (NULLs ignored)
         deadline=least(
             from_epoch(bindparam("inherit", type_=Float)),
@@ -79,12 +81,13 @@ def insert_workflow(
     parent_id: str | None,
     timeout: float | None = None,
     inherited_deadline: float | None = None,
+    queue: str | None = None,
 ) -> bool:
-    """Insert an ENQUEUED workflow; False when the id exists already. Its
-    deadline is ``timeout`` seconds from now, or the inherited deadline (epoch
-    seconds) if earlier; none when both are None."""
+    """Insert an ENQUEUED workflow that runs on ``queue``; False when the id
+    exists already. Its deadline is ``timeout`` seconds from now, or the
+    inherited deadline (epoch seconds) if earlier; none when both are None."""
     params = {"wid": workflow_id, "name": name, "inputs": inputs, "parent": parent_id,
-              "timeout": timeout, "inherit": inherited_deadline}  # fmt: skip
+              "timeout": timeout, "inherit": inherited_deadline, "queue": queue}  # fmt: skip
     return ex.first(_INSERT_WORKFLOW, params) is not None
 
 
@@ -236,12 +239,20 @@ def finish_workflow(
     return None if row is None else (row[0],)
 
 
-_RELEASE = update(wf).where(HELD).values(status=Status.ENQUEUED, executor_id=None, updated_at=now())
+_TARGET = (wf.c.id, wf.c.name, wf.c.queue)
+_RELEASE = (
+    update(wf)
+    .where(HELD)
+    .values(status=Status.ENQUEUED, executor_id=None, updated_at=now())
+    .returning(*_TARGET)
+)
 
 
-def release_workflow(ex: Executor, workflow_id: str, executor_id: str) -> bool:
-    """Give the lease back (ENQUEUED again) so that a new delivery replays it."""
-    return ex.count(_RELEASE, {"wid": workflow_id, "executor": executor_id}) > 0
+def release_workflow(ex: Executor, workflow_id: str, executor_id: str) -> Target | None:
+    """Give the lease back (ENQUEUED again) so that a new delivery replays
+    it; the workflow to publish, or None when the lease was not ours."""
+    row = ex.first(_RELEASE, {"wid": workflow_id, "executor": executor_id})
+    return None if row is None else Target(*row)
 
 
 _LEASE_STATE = select(wf.c.status, wf.c.executor_id).where(wf.c.id == WID)
@@ -292,15 +303,16 @@ _RESUME = (
         deadline=None,
         updated_at=now(),
     )
-    .returning(wf.c.name)
+    .returning(*_TARGET)
 )
 
 
-def resume_workflow(ex: Executor, workflow_id: str) -> str | None:
+def resume_workflow(ex: Executor, workflow_id: str) -> Target | None:
     """CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED -> ENQUEUED with a fresh
-    recovery count and no deadline; its name, or None when not resumable."""
+    recovery count and no deadline; the workflow to publish, or None when it
+    is not resumable."""
     row = ex.first(_RESUME, {"wid": workflow_id})
-    return None if row is None else str(row[0])
+    return None if row is None else Target(*row)
 
 
 _SOURCE = bindparam("source", type_=Text)
@@ -308,13 +320,13 @@ _NEW_ID = bindparam("new_id", type_=Text)
 _FORK_WORKFLOW = (
     pg_insert(wf)
     .from_select(
-        ["id", "name", "status", "inputs"],
-        select(_NEW_ID, wf.c.name, literal(Status.ENQUEUED, Text), wf.c.inputs).where(
+        ["id", "name", "status", "inputs", "queue"],
+        select(_NEW_ID, wf.c.name, literal(Status.ENQUEUED, Text), wf.c.inputs, wf.c.queue).where(
             wf.c.id == _SOURCE
         ),
     )
     .on_conflict_do_nothing(index_elements=["id"])
-    .returning(wf.c.name)
+    .returning(*_TARGET)
 )
 _FORK_STEPS = insert(st).from_select(
     ["workflow_id", "seq", "name", "output", "error"],
@@ -328,18 +340,18 @@ _FORK_EVENTS = insert(events).from_select(
 )
 
 
-def fork_workflow(ex: Executor, source_id: str, new_id: str, from_step: int) -> str | None:
-    """Insert ``new_id`` as an ENQUEUED copy of ``source_id`` (name, inputs)
-    with the checkpoints at seq < ``from_step`` and the events; its name.
-    None when ``new_id`` exists already or the source does not: nothing
-    written. Run it in one transaction."""
+def fork_workflow(ex: Executor, source_id: str, new_id: str, from_step: int) -> Target | None:
+    """Insert ``new_id`` as an ENQUEUED copy of ``source_id`` (name, inputs,
+    queue) with the checkpoints at seq < ``from_step`` and the events; the
+    new workflow to publish. None when ``new_id`` exists already or the
+    source does not: nothing written. Run it in one transaction."""
     params = {"new_id": new_id, "source": source_id, "from_step": from_step}
-    name = ex.first(_FORK_WORKFLOW, params)
-    if name is None:
+    row = ex.first(_FORK_WORKFLOW, params)
+    if row is None:
         return None
     ex.count(_FORK_STEPS, params)
     ex.count(_FORK_EVENTS, params)
-    return str(name[0])
+    return Target(*row)
 
 
 _NOT_RUNNING_HERE = select(wf.c.id).where(

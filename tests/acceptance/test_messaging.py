@@ -369,10 +369,12 @@ def test_recv_timeout_resumes_with_time_left_after_kill(
     )
     deadline = float(_decode(deadline_row[0]))
     assert abs(deadline - (started + timeout)) < 0.5
+    # ready before the kill: a worker that only starts after it may, on a
+    # loaded machine, come up too late to tell the deadline apart
+    second = _start_worker(env, workers, name="second")
     time.sleep(max(0.0, started + 2.0 - time.time()))
     first.kill()
 
-    second = _start_worker(env, workers, name="second")
     assert h.result(timeout=30) is None
     runs = ledger_at(env, "timed", "run")
     (returned,) = ledger_at(env, "timed", "returned")

@@ -23,6 +23,9 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
     limit = (env if env is not None else os.environ).get("DBOS_TEST_TASK_TIME_LIMIT")
     if limit:  # the app's global hard time limit, for every task
         ns.app.conf.task_time_limit = float(limit)
+    routed = (env if env is not None else os.environ).get("DBOS_TEST_ROUTE_QUEUE")
+    if routed:  # the app routes its workflows to a queue of their own
+        ns.app.conf.task_routes = {"park.*": {"queue": routed}}
 
     def ledger(workflow_id: str, what: str) -> None:
         write_ledger(schema, workflow_id, what)
