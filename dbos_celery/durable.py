@@ -89,8 +89,10 @@ class Durable:
         notifier: Notifier = (
             RedisNotifier(redis, channel_prefix(schema)) if redis else LocalNotifier()
         )
-        self.services = Services(store, notifier, codec, settings, self._publish)
         self.workflows: dict[str, Workflow[Any, Any]] = {}
+        self.services = Services(
+            store, notifier, codec, settings, self._publish, lambda: sorted(self.workflows)
+        )
         self._calls = Dispatcher(self.services, app)
         self._hooks = CeleryHooks(
             app, self.services, self.workflows.__contains__, self._calls,
@@ -134,6 +136,20 @@ class Durable:
             return wf
 
         return decorate
+
+    def autodiscover(
+        self,
+        packages: list[str] | None = None,
+        related_name: str = "workflows",
+        force: bool = False,
+    ) -> None:
+        """Register the workflows of ``<package>.<related_name>`` for each of
+        ``packages`` (default: Django's ``INSTALLED_APPS``, as Celery's own
+        ``autodiscover_tasks`` does), imported when the worker starts (it
+        imports the app's modules), or now with ``force``. Celery imports only ``tasks`` modules by itself:
+        call this next to ``app.autodiscover_tasks()`` so that workers know
+        the workflows defined in ``workflows.py`` modules."""
+        self.app.autodiscover_tasks(packages, related_name=related_name, force=force)
 
     def step(
         self,

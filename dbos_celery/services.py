@@ -26,7 +26,9 @@ Publish = Callable[[str, str, str | None], None]
 class Services:
     """What the workflows of one Durable run on."""
 
-    __slots__ = ("store", "notifier", "codec", "settings", "publish", "slots", "_runtime")
+    __slots__ = (
+        "store", "notifier", "codec", "settings", "publish", "registered", "slots", "_runtime",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -35,12 +37,14 @@ class Services:
         codec: Serializer,
         settings: Settings,
         publish: Publish,
+        registered: Callable[[], list[str]],
     ) -> None:
         self.store = store
         self.notifier = notifier
         self.codec = codec
         self.settings = settings
         self.publish = publish
+        self.registered = registered  # the workflow names this process has
         # whether this worker wants its slots back (set up by the worker's hooks)
         self.slots = SlotDemand()
         self._runtime: ProcessRuntime | None = None
@@ -50,8 +54,9 @@ class Services:
         rt = self._runtime
         if rt is None or rt.pid != os.getpid():
             rt = self._runtime = ProcessRuntime(
-                self.store, self.settings, self.publish, self.notifier.waiters.wake
-            )
+                self.store, self.settings, self.publish, self.notifier.waiters.wake,
+                self.registered,
+            )  # fmt: skip
         return rt
 
     def stop_runtime(self) -> None:

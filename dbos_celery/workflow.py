@@ -26,7 +26,7 @@ from .errors import (
 from .keys import DEADLINE, RESULT, START_PREFIX, done_key
 from .routing import queue_of
 from .status import FINAL, Status
-from .store import workflows
+from .store import workers, workflows
 from .validation import check_id, check_timeout
 from .waiting import Wait, wait_for
 
@@ -62,13 +62,17 @@ class WorkflowStatus:
     parent_id: str | None
     error: str | None
     deadline: datetime | None = None  # set by a timeout; past it, cancelled
+    # why it does not run, when we know (e.g. no live worker registers it)
+    note: str | None = None
 
     @classmethod
-    def from_row(cls, codec: Serializer, row: WorkflowRow) -> WorkflowStatus:
+    def from_row(
+        cls, codec: Serializer, row: WorkflowRow, note: str | None = None
+    ) -> WorkflowStatus:
         return cls(
             row.id, row.name, row.status, row.created_at, row.updated_at,
             row.recovery_attempts, row.executor_id, row.parent_id,
-            _error_text(codec, row.error), row.deadline,
+            _error_text(codec, row.error), row.deadline, note,
         )  # fmt: skip
 
 
@@ -97,10 +101,19 @@ class WorkflowHandle(Generic[R]):
         return f"WorkflowHandle({self.workflow_id!r})"
 
     def status(self) -> WorkflowStatus:
-        row = self.sv.store.now(workflows.get_workflow, self.workflow_id)
+        sv = self.sv
+        row = sv.store.now(workflows.get_workflow, self.workflow_id)
         if row is None:
             raise NonExistentWorkflowError(self.workflow_id)
-        return WorkflowStatus.from_row(self.sv.codec, row)
+        note = None
+        if row.status == Status.ENQUEUED and not sv.store.now(
+            workers.registered, row.name, sv.settings.worker_timeout
+        ):
+            note = (
+                f"no live worker has registered workflow {row.name!r}: import its module in "
+                "the worker (include=, autodiscover_tasks, durable.autodiscover)"
+            )
+        return WorkflowStatus.from_row(sv.codec, row, note)
 
     def result(self, timeout: float | None = None) -> R:
         """The workflow's output, or its error raised. Inside a workflow the

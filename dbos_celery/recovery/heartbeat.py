@@ -40,11 +40,13 @@ class ProcessRuntime:
         settings: Settings,
         publish: Callable[[str, str, str | None], None],
         wake: Callable[[str], None],
+        names: Callable[[], list[str]],
     ) -> None:
         self.store = store
         self.settings = settings
         self.publish = publish
         self._wake = wake  # wakes this process's waiters of a key
+        self._names: Callable[[], list[str]] | None = names  # registered workflows, until sent
         self.pid = os.getpid()
         self.hostname = socket.gethostname()
         self.executor_id = f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
@@ -143,9 +145,11 @@ class ProcessRuntime:
             # reset; the database forgets the reservation of the latter so
             # that the sweep re-publishes them
             dropped = sorted(self._tracked - held - set(reserved))
+        names = self._names() if self._names is not None else None
         self.store.run(
-            workers.heartbeat, self.executor_id, self.hostname, self.pid, reserved, dropped
+            workers.heartbeat, self.executor_id, self.hostname, self.pid, reserved, dropped, names
         )
+        self._names = None  # recorded with the first beat that got through
         with self._lock:
             self._tracked.difference_update(dropped)
             self._calls &= held

@@ -12,6 +12,7 @@ timeout nor relies on acks_late.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,17 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dbos_celery")
 
+# how often, and after how long in the queue, workflows that no live worker
+# has registered are looked for
+NAMES_EVERY = 5.0
+NAMES_GRACE = 5.0
+UNREGISTERED = (
+    "workflow %r has queued runs but no live worker has registered it, so workers discard "
+    "its messages as unregistered tasks: import the module that defines it in the worker "
+    "(Celery's include=[...], app.autodiscover_tasks(related_name=...), or "
+    "durable.autodiscover(...))"
+)
+
 
 class Sweeper:
     """Runs the recovery sweep now (``sweep_once``) or every
@@ -45,6 +57,8 @@ class Sweeper:
         self.settings = settings
         self.notifier = notifier
         self.publish = publish
+        self._names_due = 0.0  # monotonic: next look for unregistered workflows
+        self._reported: set[str] = set()
         self._loop = Periodic(
             "dbos-celery-sweeper",
             settings.sweep_interval,
@@ -55,6 +69,22 @@ class Sweeper:
 
     def _sweep(self) -> None:
         self.sweep_once()
+        now = time.monotonic()
+        if now >= self._names_due:
+            self._names_due = now + NAMES_EVERY
+            self.report_unregistered()
+
+    def report_unregistered(self) -> list[str]:
+        """Log, once per name while it lasts, the workflows queued for a
+        while that no live worker has registered (every worker discards
+        their messages as unregistered tasks); their names."""
+        s = self.settings
+        names = self.store.now(workers.unregistered, s.worker_timeout, NAMES_GRACE)
+        for name in names:
+            if name not in self._reported:
+                log.error(UNREGISTERED, name)
+        self._reported = set(names)
+        return names
 
     def sweep_once(self) -> list[Recovered]:
         s = self.settings

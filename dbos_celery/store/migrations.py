@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError, SchemaVersionError
 from ..keys import migration_lock
-from .tables import metadata, workflows
+from .tables import metadata, worker_workflows, workflows
 from .tables import schema_version as schema_version_table
 
 log = logging.getLogger("dbos_celery")
@@ -66,8 +66,13 @@ def _v4(conn: Connection) -> None:
     )
 
 
+def _v5(conn: Connection) -> None:
+    """The workflow names each worker has registered."""
+    worker_workflows.create(conn, checkfirst=True)
+
+
 # index i holds the migration to version i + 1; append, never edit
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -133,3 +133,14 @@ workers = Table(
     _ts("started_at"),
     _ts("last_heartbeat"),
 )
+
+# the workflow names each worker process has registered (v5): a row
+# ENQUEUED for a name that no live worker knows is reported
+worker_workflows = Table(
+    "worker_workflows",
+    metadata,
+    Column("worker_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    PrimaryKeyConstraint("worker_id", "name"),
+    Index("ix_worker_workflows_name", "name"),
+)

@@ -5,6 +5,7 @@ sweep.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     ARRAY,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     bindparam,
     case,
     delete,
+    exists,
     literal,
     or_,
     select,
@@ -35,7 +37,7 @@ from .dialect import (
 )
 from .engine import Executor
 from .parking import WAKE_VALUES, awaited_ready
-from .tables import workers
+from .tables import worker_workflows, workers
 from .tables import workflows as wf
 
 _HEARTBEAT = pg_insert(workers).values(
@@ -75,6 +77,13 @@ _OTHER_HOST = (
 )
 
 
+_REGISTER = (
+    pg_insert(worker_workflows)
+    .values(worker_id=bindparam("worker", type_=Text), name=bindparam("name", type_=Text))
+    .on_conflict_do_nothing()
+)
+
+
 def heartbeat(
     ex: Executor,
     worker_id: str,
@@ -82,10 +91,12 @@ def heartbeat(
     pid: int,
     reserved: list[str],
     dropped: list[str] | None = None,
+    names: list[str] | None = None,
 ) -> None:
     """Beat for ``worker_id``; record the workflow messages it received
-    (``reserved``) and forget those it received but holds no more
-    (``dropped``). On SQLite, refuses (ConfigurationError) when a
+    (``reserved``), forget those it received but holds no more
+    (``dropped``), and record the workflow ``names`` it has registered (its
+    first beat). On SQLite, refuses (ConfigurationError) when a
     worker of another host beat within SHARED_FILE_WINDOW: one file shared
     by two machines (a network filesystem) has no safe locking."""
     if ex.sqlite:
@@ -97,6 +108,8 @@ def heartbeat(
                 "for several"
             )
     ex.count(_HEARTBEAT, {"worker": worker_id, "hostname": hostname, "pid": pid})
+    for name in names or ():
+        ex.count(_REGISTER, {"worker": worker_id, "name": name})
     if reserved:
         ex.count(_RESERVE, {"ids": reserved, "worker": worker_id})
     if dropped:
@@ -106,8 +119,56 @@ def heartbeat(
 _DELETE_WORKER = delete(workers).where(workers.c.id == bindparam("worker", type_=Text))
 
 
+_DELETE_NAMES = delete(worker_workflows).where(
+    worker_workflows.c.worker_id == bindparam("worker", type_=Text)
+)
+
+
 def delete_worker(ex: Executor, worker_id: str) -> None:
+    """A worker process stopped: its row and its registered names go."""
     ex.count(_DELETE_WORKER, {"worker": worker_id})
+    ex.count(_DELETE_NAMES, {"worker": worker_id})
+
+
+def _known(name: Any) -> Any:
+    """A live worker (``timeout``) has registered the workflow ``name``."""
+    return exists(
+        select(literal(1))
+        .select_from(worker_workflows.join(workers, workers.c.id == worker_workflows.c.worker_id))
+        .where(
+            worker_workflows.c.name == name,
+            workers.c.last_heartbeat > now() - seconds(bindparam("timeout", type_=Float)),
+        )
+    )
+
+
+_REGISTERED = select(_known(bindparam("name", type_=Text)))
+
+
+def registered(ex: Executor, name: str, worker_timeout: float) -> bool:
+    """Whether a live worker has registered the workflow ``name``."""
+    return bool(ex.first(_REGISTERED, {"name": name, "timeout": worker_timeout})[0])
+
+
+# names of workflows queued for a while that no live worker knows: their
+# messages are discarded as unregistered tasks by every worker
+_UNREGISTERED = (
+    select(wf.c.name)
+    .where(
+        wf.c.status == Status.ENQUEUED,
+        wf.c.updated_at < now() - seconds(bindparam("grace", type_=Float)),
+        ~_known(wf.c.name),
+    )
+    .distinct()
+    .limit(20)
+)
+
+
+def unregistered(ex: Executor, worker_timeout: float, grace: float) -> list[str]:
+    """Names of workflows ENQUEUED for over ``grace`` seconds that no live
+    worker has registered (at most 20)."""
+    rows = ex.rows(_UNREGISTERED, {"timeout": worker_timeout, "grace": grace})
+    return sorted(r[0] for r in rows)
 
 
 # not a status: the sweep's mark of a parked row it woke (now ENQUEUED)
@@ -196,6 +257,9 @@ _WAKE_DUE = (
     .returning(wf.c.id, wf.c.name, literal(WOKEN, Text), wf.c.queue)
 )
 _FORGET_WORKERS = delete(workers).where(workers.c.last_heartbeat < now() - seconds(86400.0))
+_FORGET_NAMES = delete(worker_workflows).where(
+    ~exists(select(literal(1)).where(workers.c.id == worker_workflows.c.worker_id))
+)
 
 
 def sweep(
@@ -227,7 +291,8 @@ def sweep(
         *ex.rows(_RECOVER_PREFETCHED, live),
         *ex.rows(_REPUBLISH_UNRECEIVED, {"grace": enqueued_timeout}),
     ]
-    ex.count(_FORGET_WORKERS)  # workers silent for a day
+    if ex.count(_FORGET_WORKERS):  # workers silent for a day, and their names
+        ex.count(_FORGET_NAMES)
     return [Recovered(*r) for r in found]
 
 
