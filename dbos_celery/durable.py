@@ -146,9 +146,10 @@ class Durable:
         """Register the workflows of ``<package>.<related_name>`` for each of
         ``packages`` (default: Django's ``INSTALLED_APPS``, as Celery's own
         ``autodiscover_tasks`` does), imported when the worker starts (it
-        imports the app's modules), or now with ``force``. Celery imports only ``tasks`` modules by itself:
-        call this next to ``app.autodiscover_tasks()`` so that workers know
-        the workflows defined in ``workflows.py`` modules."""
+        imports the app's modules), or now with ``force``. Celery imports
+        only ``tasks`` modules by itself: call this next to
+        ``app.autodiscover_tasks()`` so that workers know the workflows
+        defined in ``workflows.py`` modules."""
         self.app.autodiscover_tasks(packages, related_name=related_name, force=force)
 
     def step(

@@ -101,6 +101,25 @@ class Executor:
         return self._conn.execute(sql, values)
 
 
+# Bounds on what one of the library's Postgres sessions can hold, so that a
+# frozen or partitioned process (SIGSTOP, a VM pause, a lost network) blocks
+# nobody for long: Postgres ends a session idle inside a transaction after
+# IDLE_IN_TRANSACTION (releasing its row locks and the sweep's advisory
+# lock), a statement waits at most LOCK_TIMEOUT for a lock (then it is
+# retried), and TCP keepalives find a dead peer in about 25 s instead of
+# the kernel's two hours. (A caller's own engine keeps its settings.)
+IDLE_IN_TRANSACTION = "5s"
+LOCK_TIMEOUT = "5s"
+SESSION_BOUNDS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "options": f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION} "
+    f"-c lock_timeout={LOCK_TIMEOUT}",
+}
+
+
 def _sqlite_value(value: Any) -> Any:
     # lists travel as JSON arrays (schema.in_list), times as epoch seconds
     if isinstance(value, list):
@@ -204,7 +223,7 @@ class Database:
         if not self.sqlite:
             return create_engine(
                 self.url, pool_recycle=3600, pool_reset_on_return=None,
-                connect_args={"autocommit": True}, **pool,
+                connect_args={"autocommit": True, **SESSION_BOUNDS}, **pool,
             )  # fmt: skip
         engine = create_engine(
             self.url, pool_reset_on_return=None, paramstyle="named",
