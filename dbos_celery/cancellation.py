@@ -16,6 +16,15 @@ round trip:
   without Redis). Only a set hint costs a status read.
 - Waits listen to the workflow's cancel key as well as their own, and never
   wait past the workflow's deadline.
+
+**Fencing.** Before new work (a step body, a wait, a call's dispatch) the
+runner also checks its process's local lease (``ProcessRuntime.lease_held``:
+renewed by each heartbeat, read on the monotonic clock, no round trip). A
+process that was paused or starved past it, when another worker may have
+taken the workflow over, starts nothing more: the run stops with
+LeaseLostError and is handed back. Writes are fenced by the database (each
+checkpoint checks the lease); what remains is a pause inside a running step
+body, which the step's checkpoint then refuses.
 """
 
 from __future__ import annotations
@@ -51,6 +60,12 @@ def check(sv: Services, ctx: WorkflowContext | None) -> None:
     a hint says the workflow may no longer be ours. In memory otherwise."""
     if ctx is None:
         return
+    if not sv.runtime().lease_held(ctx.epoch):
+        # paused or starved past the lease: another worker may run it now
+        log.warning("workflow %s: this process's lease lapsed; it stops here and is "
+                    "replayed from its checkpoints", ctx.workflow_id,
+                    extra={"workflow_id": ctx.workflow_id})  # fmt: skip
+        raise LeaseLostError(ctx.workflow_id)
     if ctx.deadline is not None and time.time() >= ctx.deadline:
         _expire(sv, ctx)
     if ctx.stop_hint:

@@ -37,6 +37,8 @@ class WorkflowContext:
     # monotonic time by which a wait parks: before the Celery task's time
     # limit (soft or hard) ends the run (None: no limit)
     park_by: float | None = None
+    # the lease epoch of the process when it claimed the workflow (fencing)
+    epoch: int = 0
 
     def next_seq(self) -> int:
         seq = self.seq

@@ -84,7 +84,7 @@ def execute(
     if wf is None:
         sv.store.now(workflows.release_workflow, workflow_id, executor)
         raise WorkflowNotRegisteredError(row.name)
-    ctx = WorkflowContext(workflow_id, executor, {s.seq: s for s in steps})
+    ctx = WorkflowContext(workflow_id, executor, {s.seq: s for s in steps}, epoch=runtime.epoch)
     if row.deadline is not None:
         ctx.deadline = row.deadline.timestamp()
     if time_limit is not None:

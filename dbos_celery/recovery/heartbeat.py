@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -29,6 +30,10 @@ if TYPE_CHECKING:
     from ..store.engine import Database
 
 log = logging.getLogger("dbos_celery")
+
+# the local lease ends this long before the database would let another
+# worker take over (worker_timeout after the last beat was sent)
+LEASE_MARGIN = 0.25
 
 
 class ProcessRuntime:
@@ -60,6 +65,11 @@ class ProcessRuntime:
         self._lock = threading.Lock()  # guards _reserved, _running, _handed_back
         self._start_lock = threading.Lock()
         self._loop: Periodic | None = None
+        # the local lease (fencing): runs of this process may start new work
+        # until this monotonic time, renewed by each heartbeat; a lapse bumps
+        # the epoch, which ends the runs begun before it
+        self.lease_until = 0.0
+        self.epoch = 0
 
     def start(self) -> None:
         """Write the first heartbeat before any claim, then keep beating."""
@@ -146,16 +156,35 @@ class ProcessRuntime:
             # that the sweep re-publishes them
             dropped = sorted(self._tracked - held - set(reserved))
         names = self._names() if self._names is not None else None
+        sent = time.monotonic()
         self.store.run(
             workers.heartbeat, self.executor_id, self.hostname, self.pid, reserved, dropped, names
         )
         self._names = None  # recorded with the first beat that got through
+        self._renew(sent)
         with self._lock:
             self._tracked.difference_update(dropped)
             self._calls &= held
             calls = sorted(self._calls)
         if calls:
             self._revoke_settled(calls)
+
+    def _renew(self, sent: float) -> None:
+        """A beat sent at monotonic ``sent`` committed: the database counts
+        this process alive until at least ``sent + worker_timeout``, so the
+        local lease runs until a margin before that. A beat sent after the
+        lease had lapsed (the process was paused, or its heartbeat starved)
+        renews it for new runs only: the runs begun before may have been
+        taken over meanwhile."""
+        with self._lock:
+            if self.lease_until and sent >= self.lease_until:
+                self.epoch += 1
+            self.lease_until = sent + self.settings.worker_timeout - LEASE_MARGIN
+
+    def lease_held(self, epoch: int) -> bool:
+        """Whether a run begun under ``epoch`` still holds its lease, by the
+        local clock (no round trip)."""
+        return epoch == self.epoch and time.monotonic() < self.lease_until
 
     def _revoke_settled(self, task_ids: list[str]) -> None:
         """A copy of a durable.call task that this worker holds but has not

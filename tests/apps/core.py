@@ -124,7 +124,18 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
     def echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
         return {"args": list(args), "kwargs": kwargs}
 
+    @durable.workflow(name="core.between")
+    def between(pause: float) -> list[str]:
+        """Two steps with plain workflow code between them: ``between`` is
+        written to the ledger by every run, then it sleeps ``pause``."""
+        wid = durable.workflow_id
+        first = side_effect(wid, "step1")
+        ledger_for(wid, "between")
+        time.sleep(pause)
+        return [first, side_effect(wid, "step2")]
+
     ns.__dict__.update(
+        between=between,
         side_effect=side_effect,
         five_steps=five_steps,
         retrying=retrying,
