@@ -19,6 +19,7 @@ Celery holds signal receivers weakly: the owner keeps this object alive.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
@@ -36,26 +37,21 @@ if TYPE_CHECKING:
     from .services import Services
 
 
+@dataclass(eq=False)  # identity: Celery's signals key receivers by it
 class CeleryHooks:
     """Connects the workflows of one app to Celery's worker lifecycle."""
 
-    def __init__(
-        self,
-        app: Celery,
-        sv: Services,
-        is_workflow: Callable[[str], bool],
-        dispatcher: Dispatcher,
-        outcomes: Outcomes,
-        on_worker_stop: Callable[[], None],
-    ) -> None:
-        self.app = app
-        self.sv = sv
-        self.is_workflow = is_workflow
-        self.dispatcher = dispatcher
-        self.outcomes = outcomes
-        self.on_worker_stop = on_worker_stop
-        self.sweeper: Sweeper | None = None
-        self.demand = Periodic("dbos-celery-slots", REFRESH, sv.slots.refresh)
+    app: Celery
+    sv: Services
+    is_workflow: Callable[[str], bool]
+    dispatcher: Dispatcher
+    outcomes: Outcomes
+    on_worker_stop: Callable[[], None]
+    sweeper: Sweeper | None = None
+    demand: Periodic = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.demand = Periodic("dbos-celery-slots", REFRESH, self.sv.slots.refresh)
 
     def install(self) -> None:
         signals.worker_process_init.connect(self._on_process_init)
