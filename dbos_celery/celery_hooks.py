@@ -29,6 +29,9 @@ from .loops import Periodic
 from .recovery.sweep import Sweeper
 from .slots import REFRESH
 
+# how long a stopping worker waits for its in-process runs beyond a poll
+STOP_GRACE = 5.0
+
 if TYPE_CHECKING:
     from celery import Celery
 
@@ -68,14 +71,20 @@ class CeleryHooks:
         """In a worker's main process, before the pool forks: note its queues
         and concurrency, and make the counter of requests waiting for a slot
         that the pool's processes read."""
-        self.dispatcher.note_worker(worker)
-        self.sv.slots.create()
+        facts = self.dispatcher.note_worker(worker)
+        self.sv.slots.create(facts.slots)
 
     def worker_stop(self) -> None:
         """Warm or cold shutdown: waits in the pool park at once, freeing
         their slots; then this process's threads stop."""
         self.sv.slots.shutting_down()
         self.demand.stop()
+        # threads, gevent, solo: the runs are in this process; give their waits
+        # the time to park (they look within poll_interval) before its
+        # heartbeat stops
+        runtime = self.sv.current_runtime()
+        if runtime is not None:
+            runtime.wait_idle(self.sv.settings.poll_interval + STOP_GRACE)
         self.on_worker_stop()
 
     def stop_sweeper(self) -> None:

@@ -59,6 +59,11 @@ class Services:
             )  # fmt: skip
         return rt
 
+    def current_runtime(self) -> ProcessRuntime | None:
+        """This process's runtime if it made one (None: it runs nothing)."""
+        rt = self._runtime
+        return rt if rt is not None and rt.pid == os.getpid() else None
+
     def stop_runtime(self) -> None:
         """Stop this process's runtime, if it made one."""
         rt, self._runtime = self._runtime, None

@@ -28,9 +28,13 @@ class SlotDemand:
 
     def __init__(self) -> None:
         self._value: Any = None
+        self._slots = 0
+        self._seen = 0  # requests found waiting at the last refresh
 
-    def create(self) -> None:
-        """In the worker's main process, before the pool forks."""
+    def create(self, slots: int) -> None:
+        """In the worker's main process, before the pool forks; ``slots``:
+        how many tasks it runs at once."""
+        self._slots = slots
         if self._value is None:
             self._value = RawValue("i", 0)
 
@@ -40,8 +44,11 @@ class SlotDemand:
         return value is not None and value.value != 0
 
     def refresh(self) -> None:
-        """In the worker's main process: count the reserved requests not yet
-        running, or mark the shutdown."""
+        """In the worker's main process: count the requests waiting for a
+        slot while every slot is busy, or mark the shutdown. A request is
+        counted once it has waited through two refreshes (not while an idle
+        pool process is about to take it), and not when it is another
+        delivery of a task that is running (it is dropped at once)."""
         value = self._value
         if value is None or value.value == SHUTTING_DOWN:
             return
@@ -54,8 +61,13 @@ class SlotDemand:
             reserved = list(state.reserved_requests)
         except RuntimeError:  # changed while read (the consumer's thread): next time
             return
-        active = state.active_requests
-        value.value = sum(1 for r in reserved if r not in active)
+        active = list(state.active_requests)
+        running = {r.id for r in active}
+        waiting = sum(1 for r in reserved if r not in active and r.id not in running)
+        if len(active) < self._slots:
+            waiting = 0  # a free slot will take it
+        value.value = waiting if self._seen else 0
+        self._seen = waiting
 
     def shutting_down(self) -> None:
         if self._value is not None:

@@ -284,7 +284,7 @@ class Dispatcher:
                     reason = f"no worker started it within {p.backoff:g} s"
                     self.send(ctx, p, reason, back_off=True)
 
-    def note_worker(self, worker: Any) -> None:
+    def note_worker(self, worker: Any) -> WorkerFacts:
         """A worker's main process, before its pool forks: what it consumes
         and its concurrency (for CallWouldDeadlockError)."""
         pool = getattr(worker, "pool_cls", None)
@@ -292,6 +292,7 @@ class Dispatcher:
         slots = 1 if solo else int(getattr(worker, "concurrency", 0) or 0)
         queues = self.app.amqp.queues.consume_from or {}
         self.worker = WorkerFacts(slots, frozenset(str(q) for q in queues))
+        return self.worker
 
 
 class _CallsWait:

@@ -107,6 +107,18 @@ class ProcessRuntime:
         with self._lock:
             self._running.pop(id(ctx), None)
 
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until this process runs no workflow (at most ``timeout``
+        seconds); whether it does not."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if not self._running:
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
     def hand_back(self, workflow_id: str) -> None:
         """Give back this process's lease on a workflow it stopped running
         (ENQUEUED again) and re-publish it, so that a new delivery replays it

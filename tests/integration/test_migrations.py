@@ -17,7 +17,16 @@ from dbos_celery import Durable, SchemaVersionError
 from dbos_celery.store import migrations, tables
 from tests.support import DATABASE_URL, Env
 
-TABLES = {"schema_version", "workflows", "steps", "messages", "send_keys", "events", "workers"}
+TABLES = {
+    "schema_version",
+    "workflows",
+    "steps",
+    "messages",
+    "send_keys",
+    "events",
+    "workers",
+    "worker_workflows",
+}
 
 
 @pytest.fixture
