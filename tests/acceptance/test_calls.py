@@ -247,8 +247,11 @@ def test_call_to_own_queue_on_single_slot_worker_parks_and_completes(
     handle = ns.on_queue.start(env.queue, "same", workflow_id="q-park")
     assert handle.result(timeout=30) == "SAME", wf[0].describe()
     assert _runs(env, "q-park") == {"same": 1}
-    # two runs on the one slot: the one that parked, and the one woken
-    runs = wf[0].log_path.read_text().count("calls.on_queue[q-park] succeeded")
+    # two runs on the one slot: the one that parked, and the one woken (Celery
+    # logs a run's end just after the workflow's outcome commits: wait for it)
+    done = "calls.on_queue[q-park] succeeded"
+    wait_for(lambda: wf[0].log_path.read_text().count(done) >= 2, 10, wf[0].describe)
+    runs = wf[0].log_path.read_text().count(done)
     assert runs == 2, wf[0].describe()
 
 
