@@ -74,9 +74,6 @@ class Periodic:
             self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
             self._thread.start()
 
-    def running(self) -> bool:
-        return self._thread is not None
-
     def _tick(self) -> None:
         try:
             self.fn()
