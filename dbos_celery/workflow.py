@@ -232,9 +232,10 @@ class Workflow(Generic[P, R]):
         """
         check_timeout(timeout, allow_none=True)
         timeout = self.timeout if timeout is None else timeout
-        workflow_id, inserted = self._create(args, kwargs, workflow_id, timeout)
+        queue = self._queue()
+        workflow_id, inserted = self._create(args, kwargs, workflow_id, timeout, queue)
         if inserted:
-            self.sv.publish(workflow_id, self.name, self._queue())
+            self.sv.publish(workflow_id, self.name, queue)
         return WorkflowHandle(self.sv, workflow_id)
 
     def _queue(self) -> str | None:
@@ -244,12 +245,17 @@ class Workflow(Generic[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the workflow durably in this thread and return its result."""
-        workflow_id, _ = self._create(args, kwargs, None, self.timeout)
+        workflow_id, _ = self._create(args, kwargs, None, self.timeout, self._queue())
         self._run(workflow_id)
         return WorkflowHandle[R](self.sv, workflow_id).result()
 
     def _create(
-        self, args: Any, kwargs: dict[str, Any], workflow_id: str | None, timeout: float | None
+        self,
+        args: Any,
+        kwargs: dict[str, Any],
+        workflow_id: str | None,
+        timeout: float | None,
+        queue: str | None,
     ) -> tuple[str, bool]:
         sv = self.sv
         if workflow_id is not None:
@@ -260,12 +266,17 @@ class Workflow(Generic[P, R]):
         ctx = context.current()
         if ctx is None or ctx.in_step:
             workflow_id = workflow_id or str(uuid.uuid4())
-            inserted = sv.store.now(self._insert, workflow_id, inputs, None, timeout)
+            inserted = sv.store.now(self._insert, workflow_id, inputs, queue, None, timeout)
             return workflow_id, inserted
-        return self._create_child(ctx, inputs, workflow_id, timeout)
+        return self._create_child(ctx, inputs, workflow_id, timeout, queue)
 
     def _create_child(
-        self, ctx: WorkflowContext, inputs: bytes, workflow_id: str | None, timeout: float | None
+        self,
+        ctx: WorkflowContext,
+        inputs: bytes,
+        workflow_id: str | None,
+        timeout: float | None,
+        queue: str | None,
     ) -> tuple[str, bool]:
         """A child workflow: its start is a checkpoint of the parent."""
         sv = self.sv
@@ -278,7 +289,9 @@ class Workflow(Generic[P, R]):
         id_bytes = sv.codec.dumps(child_id)
 
         def tx(ex: Executor) -> bool:
-            inserted = self._insert(ex, child_id, inputs, ctx.workflow_id, timeout, ctx.deadline)
+            inserted = self._insert(
+                ex, child_id, inputs, queue, ctx.workflow_id, timeout, ctx.deadline
+            )
             write_checkpoint(ex, ctx, seq, step_name, id_bytes)
             return inserted
 
@@ -289,14 +302,16 @@ class Workflow(Generic[P, R]):
         ex: Executor,
         workflow_id: str,
         inputs: bytes,
+        queue: str | None,
         parent: str | None,
         timeout: float | None = None,
         inherited_deadline: float | None = None,
     ) -> bool:
-        """Insert the row; an existing row of the same workflow is fine
-        (idempotent start), one of another workflow is an error."""
+        """Insert the row (running on ``queue``); an existing row of the same
+        workflow is fine (idempotent start), one of another workflow is an
+        error."""
         if workflows.insert_workflow(
-            ex, workflow_id, self.name, inputs, parent, timeout, inherited_deadline, self._queue()
+            ex, workflow_id, self.name, inputs, parent, timeout, inherited_deadline, queue
         ):
             return True
         existing = workflows.workflow_name(ex, workflow_id)
