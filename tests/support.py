@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import queue
 import signal
 import sqlite3
 import subprocess
@@ -339,3 +341,24 @@ def max_overlap(env: Env) -> int:
         running += 1 if what == "start" else -1
         peak = max(peak, running)
     return peak
+
+
+def run_together(n: int, target: Callable[..., None], *args: Any) -> list[Any]:
+    """Run ``target(*args, barrier, out)`` in ``n`` spawned processes that
+    start their work on one barrier; what each put on ``out`` (fewer when a
+    process died before reporting)."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(n)
+    out = ctx.Queue()
+    procs = [ctx.Process(target=target, args=(*args, barrier, out)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results: list[Any] = []
+    try:
+        for _ in range(n):
+            results.append(out.get(timeout=60))
+    except queue.Empty:  # pragma: no cover - a child died before reporting
+        pass
+    for p in procs:
+        p.join(timeout=30)
+    return results

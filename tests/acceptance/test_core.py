@@ -3,8 +3,6 @@ step retries, argument checks, inline calls, status and errors."""
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
 from collections import Counter
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +21,15 @@ from dbos_celery import (
 from dbos_celery.runner import execute
 from dbos_celery.store import workflows
 from tests.apps.core import OrderRejected, build, open_gate
-from tests.support import BACKENDS, Env, WorkerProcess, app_fixture, start_worker, wait_for
+from tests.support import (
+    BACKENDS,
+    Env,
+    WorkerProcess,
+    app_fixture,
+    run_together,
+    start_worker,
+    wait_for,
+)
 
 pytestmark = BACKENDS
 
@@ -127,21 +133,7 @@ def test_concurrent_starts_with_same_id_run_once(
     a handle, one row is written, one Celery message is published, and the
     workflow runs once."""
     n = 4
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(n)
-    out = ctx.Queue()
-    procs = [
-        ctx.Process(target=_start_same_id, args=(env.vars(), "same-1", barrier, out))
-        for _ in range(n)
-    ]
-    for p in procs:
-        p.start()
-    try:
-        results = [out.get(timeout=60) for _ in range(n)]
-    except queue.Empty:  # pragma: no cover - a child died before reporting
-        results = []
-    for p in procs:
-        p.join(timeout=30)
+    results = run_together(n, _start_same_id, env.vars(), "same-1")
     assert results == [("ok", "same-1")] * n
     assert env.sql("SELECT count(*) FROM {schema}.workflows")[0][0] == 1
     assert _queued_messages(env) == 1  # only the process that inserted published

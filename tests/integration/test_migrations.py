@@ -3,8 +3,6 @@ database newer than the code is refused."""
 
 from __future__ import annotations
 
-import multiprocessing
-import queue
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +13,7 @@ from sqlalchemy import create_engine, text
 
 from dbos_celery import Durable, SchemaVersionError
 from dbos_celery.store import migrations, tables
-from tests.support import DATABASE_URL, Env
+from tests.support import DATABASE_URL, Env, run_together
 
 TABLES = {
     "schema_version",
@@ -61,18 +59,7 @@ def test_concurrent_migrations_apply_each_version_once(env: Env, fresh_schemas: 
     fails, and every version is recorded exactly once."""
     schema = fresh_schemas[0]
     n = 8
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(n)
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_migrate_on_barrier, args=(schema, barrier, out)) for _ in range(n)]
-    for p in procs:
-        p.start()
-    try:
-        results = [out.get(timeout=60) for _ in range(n)]
-    except queue.Empty:  # pragma: no cover - a child died before reporting
-        results = []
-    for p in procs:
-        p.join(timeout=30)
+    results = run_together(n, _migrate_on_barrier, schema)
     assert results == ["ok"] * n
 
     assert env.sql("SELECT count(*) FROM pg_namespace WHERE nspname = %s", schema) == [(1,)]
