@@ -90,8 +90,25 @@ class ProcessRuntime:
             self._loop = loop
 
     def note_call_received(self, task_id: str) -> None:
+        """A copy of a durable.call task arrived. If its call has an outcome
+        already (a copy sent again while the first was only queued, which
+        has run since), revoke it now so that Celery discards it instead of
+        running the task again; otherwise watch it at each beat."""
         with self._lock:
             self._calls.add(task_id)
+        call = parse_task_id(task_id)
+        if call is None:
+            return
+        try:
+            # no retries: this runs in Celery's consumer, which must not
+            # stall while the database is away
+            with self.store.begin() as ex:
+                settled = bool(steps.settled_calls(ex, [call]))
+        except Exception as exc:  # the beats look again
+            log.warning("could not check durable.call task %s (%s)", task_id, exc)
+            return
+        if settled:
+            self._revoke([task_id])
 
     def note_reserved(self, workflow_id: str) -> None:
         with self._lock:
@@ -213,13 +230,17 @@ class ProcessRuntime:
         pairs = [c for c in by_call if c is not None]
         if not pairs:
             return
-        settled = [by_call[c] for c in self.store.now(steps.settled_calls, pairs)]
-        for task_id in settled:
+        self._revoke([by_call[c] for c in self.store.now(steps.settled_calls, pairs)])
+
+    def _revoke(self, task_ids: list[str]) -> None:
+        from celery.worker import state
+
+        for task_id in task_ids:
             state.revoked.add(task_id)
             log.info("durable.call task %s: its outcome is recorded; the copy this worker "
                      "holds is revoked", task_id)  # fmt: skip
         with self._lock:
-            self._calls.difference_update(settled)
+            self._calls.difference_update(task_ids)
 
     def _check_running(self) -> None:
         """Flag the runs of this process whose workflow is no longer PENDING

@@ -362,3 +362,23 @@ def test_late_copy_of_a_settled_call_is_revoked_not_run(
     assert _runs(env, "late") == {"x": 1}, busy.describe()
     assert env.ledger("id:late") == [task_id]
     assert _call_outcomes(env, "late") == 1
+
+
+def test_copy_of_a_settled_call_arriving_at_an_idle_worker_is_not_run(
+    env: Env, workers: list[WorkerProcess], ns: SimpleNamespace
+) -> None:
+    """A copy of a call's task sent again while the first was only queued
+    reaches a worker with a free slot after the first copy recorded the
+    outcome: the worker discards it on arrival instead of running it."""
+    dup_q = f"{env.queue}_dup"
+    wf, tasks, idle = _workers(
+        env, workers, wf={}, tasks={"queues": _tasks(env)}, idle={"queues": dup_q},
+    )  # fmt: skip
+    handle = ns.one.start("x", workflow_id="again")
+    assert handle.result(timeout=30) == "X"
+    [task_id] = env.ledger("id:again")
+    record = ns.app.tasks["calls.t.record"]
+    record.apply_async(("again", "x"), task_id=task_id, queue=dup_q)
+    wait_for(lambda: "Discarding revoked task" in idle.log_path.read_text(), 20, idle.describe)
+    assert _runs(env, "again") == {"x": 1}, idle.describe()
+    assert _call_outcomes(env, "again") == 1
