@@ -1,5 +1,7 @@
 """Wiring into Celery: signals and worker bootsteps.
 
+- before the pool forks, the worker's main process starts its beater, which
+  heartbeats for every process of the worker (``recovery/liveness.py``);
 - a worker bootstep starts, after the pool has forked, the main process's
   heartbeat, wakeup subscriber and recovery sweeper (and stops them);
 - ``worker_process_init`` / ``worker_process_shutdown``: each pool child's
@@ -52,9 +54,11 @@ class CeleryHooks:
     on_worker_stop: Callable[[], None]
     sweeper: Sweeper | None = None
     demand: Periodic = field(init=False)
+    keeper: Periodic = field(init=False)
 
     def __post_init__(self) -> None:
         self.demand = Periodic("dbos-celery-slots", REFRESH, self.sv.slots.refresh)
+        self.keeper = Periodic("dbos-celery-beater", 1.0, self.sv.liveness.ensure)
 
     def install(self) -> None:
         signals.worker_process_init.connect(self._on_process_init)
@@ -69,16 +73,19 @@ class CeleryHooks:
 
     def before_fork(self, worker: Any) -> None:
         """In a worker's main process, before the pool forks: note its queues
-        and concurrency, and make the counter of requests waiting for a slot
-        that the pool's processes read."""
+        and concurrency, make the counter of requests waiting for a slot
+        that the pool's processes read, and start the beater."""
         facts = self.dispatcher.note_worker(worker)
         self.sv.slots.create(facts.slots)
+        self.sv.store.migrate()  # the beater's statements need the tables
+        self.sv.liveness.start(facts.slots)
 
     def worker_stop(self) -> None:
         """Warm or cold shutdown: waits in the pool park at once, freeing
         their slots; then this process's threads stop."""
         self.sv.slots.shutting_down()
         self.demand.stop()
+        self.keeper.stop()
         # threads, gevent, solo: the runs are in this process; give their waits
         # the time to park (they look within poll_interval) before its
         # heartbeat stops
@@ -102,6 +109,8 @@ class CeleryHooks:
     def worker_start(self) -> None:
         sv = self.sv
         sv.store.migrate()
+        sv.liveness.wait_ready()
+        self.keeper.start()
         sv.runtime().start()
         sv.notifier.start()
         if self.sweeper is None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from .config import Settings
 from .recovery.heartbeat import ProcessRuntime
+from .recovery.liveness import Liveness
 from .serialization import Serializer
 from .slots import SlotDemand
 from .store.engine import Database
@@ -27,7 +28,8 @@ class Services:
     """What the workflows of one Durable run on."""
 
     __slots__ = (
-        "store", "notifier", "codec", "settings", "publish", "registered", "slots", "_runtime",
+        "store", "notifier", "codec", "settings", "publish", "registered", "slots", "liveness",
+        "_runtime",
     )  # fmt: skip
 
     def __init__(
@@ -47,6 +49,8 @@ class Services:
         self.registered = registered  # the workflow names this process has
         # whether this worker wants its slots back (set up by the worker's hooks)
         self.slots = SlotDemand()
+        # the worker's beater (set up by the worker's hooks; none elsewhere)
+        self.liveness = Liveness(store, settings)
         self._runtime: ProcessRuntime | None = None
 
     def runtime(self) -> ProcessRuntime:
@@ -55,7 +59,7 @@ class Services:
         if rt is None or rt.pid != os.getpid():
             rt = self._runtime = ProcessRuntime(
                 self.store, self.settings, self.publish, self.notifier.waiters.wake,
-                self.registered,
+                self.registered, self.liveness.board,
             )  # fmt: skip
         return rt
 

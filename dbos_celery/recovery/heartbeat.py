@@ -1,9 +1,13 @@
-"""Heartbeats: the liveness of each process that runs workflows.
+"""The per-process state of a process that runs workflows.
 
-Every such process has a :class:`ProcessRuntime`: an executor id, and a
-heartbeat thread that keeps its row in ``workers`` fresh and records which
-workflow messages this process has received but not started (so that a dead
-worker's prefetched messages are found at once). Each beat also asks which
+Every such process has a :class:`ProcessRuntime`: an executor id, its
+lease, and a heartbeat thread. In a Celery worker the worker's beater
+(``beater.py``, a process of its own) keeps the process's row in
+``workers`` fresh and renews its lease in shared memory, so that a step
+holding the GIL never makes it look dead; elsewhere the thread beats. The
+thread records which workflow messages this process has received but not
+started (so that a dead worker's prefetched messages are found at once).
+Each round also asks which
 of the workflows the process runs are no longer its own (cancelled, timed
 out, taken over), so that they stop even without a Redis hint, and gives
 back the leases of runs it stopped while the database was away.
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING
 from ..keys import cancel_key, parse_task_id
 from ..loops import Periodic
 from ..store import steps, workers, workflows
+from .beater import LEASE_MARGIN, LeaseBoard, clock
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -30,10 +35,6 @@ if TYPE_CHECKING:
     from ..store.engine import Database
 
 log = logging.getLogger("dbos_celery")
-
-# the local lease ends this long before the database would let another
-# worker take over (worker_timeout after the last beat was sent)
-LEASE_MARGIN = 0.25
 
 
 class ProcessRuntime:
@@ -46,6 +47,7 @@ class ProcessRuntime:
         publish: Callable[[str, str, str | None], None],
         wake: Callable[[str], None],
         names: Callable[[], list[str]],
+        board: LeaseBoard | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -66,10 +68,13 @@ class ProcessRuntime:
         self._start_lock = threading.Lock()
         self._loop: Periodic | None = None
         # the local lease (fencing): runs of this process may start new work
-        # until this monotonic time, renewed by each heartbeat; a lapse bumps
-        # the epoch, which ends the runs begun before it
-        self.lease_until = 0.0
-        self.epoch = 0
+        # until this time (beater.clock), renewed by each heartbeat; a lapse
+        # bumps the epoch, which ends the runs begun before it. In a worker,
+        # both live in the board's slot, renewed by the beater.
+        self._board = board
+        self._slot: int | None = None
+        self._lease_until = 0.0
+        self._epoch = 0
 
     def start(self) -> None:
         """Write the first heartbeat before any claim, then keep beating."""
@@ -79,6 +84,7 @@ class ProcessRuntime:
             if self._loop is not None:
                 return
             self._beat()
+            self._claim_slot()
             loop = Periodic(
                 "dbos-celery-heartbeat",
                 self.settings.heartbeat_interval,
@@ -88,6 +94,15 @@ class ProcessRuntime:
             )
             loop.start()
             self._loop = loop
+
+    def _claim_slot(self) -> None:
+        board = self._board
+        if board is None:
+            return
+        self._slot = board.claim(self.pid, self.executor_id, self._lease_until)
+        if self._slot is None:
+            log.warning("the beater's board is full: process %d beats for itself (a step "
+                        "holding the GIL may make it look dead)", self.pid)  # fmt: skip
 
     def note_call_received(self, task_id: str) -> None:
         """A copy of a durable.call task arrived. If its call has an outcome
@@ -185,12 +200,15 @@ class ProcessRuntime:
             # that the sweep re-publishes them
             dropped = sorted(self._tracked - held - set(reserved))
         names = self._names() if self._names is not None else None
-        sent = time.monotonic()
+        sent = clock()
+        beats = self._slot is None  # else the beater beats for this process
         self.store.run(
-            workers.heartbeat, self.executor_id, self.hostname, self.pid, reserved, dropped, names
-        )
+            workers.heartbeat, self.executor_id, self.hostname, self.pid, reserved, dropped,
+            names, beats,
+        )  # fmt: skip
         self._names = None  # recorded with the first beat that got through
-        self._renew(sent)
+        if beats:
+            self._renew(sent)
         with self._lock:
             self._tracked.difference_update(dropped)
             self._calls &= held
@@ -206,14 +224,25 @@ class ProcessRuntime:
         renews it for new runs only: the runs begun before may have been
         taken over meanwhile."""
         with self._lock:
-            if self.lease_until and sent >= self.lease_until:
-                self.epoch += 1
-            self.lease_until = sent + self.settings.worker_timeout - LEASE_MARGIN
+            if self._lease_until and sent >= self._lease_until:
+                self._epoch += 1
+            self._lease_until = sent + self.settings.worker_timeout - LEASE_MARGIN
+
+    def _lease(self) -> tuple[float, int]:
+        if self._slot is not None and self._board is not None:
+            return self._board.lease(self._slot)
+        return self._lease_until, self._epoch
+
+    @property
+    def epoch(self) -> int:
+        """The lease epoch now: a run notes it when it claims its workflow."""
+        return self._lease()[1]
 
     def lease_held(self, epoch: int) -> bool:
         """Whether a run begun under ``epoch`` still holds its lease, by the
         local clock (no round trip)."""
-        return epoch == self.epoch and time.monotonic() < self.lease_until
+        until, now_epoch = self._lease()
+        return epoch == now_epoch and clock() < until
 
     def _revoke_settled(self, task_ids: list[str]) -> None:
         """A copy of a durable.call task that this worker holds but has not
@@ -259,6 +288,9 @@ class ProcessRuntime:
     def stop(self) -> None:
         if self._loop is not None:
             self._loop.stop(timeout=3)
+        if self._slot is not None and self._board is not None:
+            self._board.free(self._slot, self.executor_id)
+            self._slot = None
         try:
             self.store.now(workers.delete_worker, self.executor_id)
         except Exception as exc:

@@ -240,11 +240,23 @@ class Database:
             self._engine.dispose()
         self._engine = None
 
+    def connection_info(self) -> dict[str, Any]:
+        """How another process (the beater, which imports only the driver)
+        connects: a SQLite file's path, or a libpq URI with the library's
+        session bounds."""
+        url = self._given.url if self._given is not None else self.url
+        if self.sqlite:
+            return {"sqlite": True, "path": url.database}
+        uri = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return {"sqlite": False, "conninfo": uri, "bounds": SESSION_BOUNDS}
+
     def compiled(self, stmt: ClauseElement, cache: bool = True) -> tuple[str, dict[str, Any]]:
         key = id(stmt)
         got = self._sql.get(key) if cache else None
         if got is not None:
             return got
+        if self.sqlite and self.engine.dialect.default_schema_name is None:
+            self.engine.connect().close()  # the dialect learns its schema name
         c = stmt.compile(
             dialect=self.engine.dialect,
             schema_translate_map={None: None if self.sqlite else self.schema},

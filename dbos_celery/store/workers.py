@@ -40,12 +40,23 @@ from .parking import WAKE_VALUES, awaited_ready
 from .tables import worker_workflows, workers
 from .tables import workflows as wf
 
-_HEARTBEAT = pg_insert(workers).values(
+_WORKER = pg_insert(workers).values(
     id=bindparam("worker", type_=Text),
     hostname=bindparam("hostname", type_=Text),
     pid=bindparam("pid", type_=Integer),
 )
-_HEARTBEAT = _HEARTBEAT.on_conflict_do_update(index_elements=["id"], set_={"last_heartbeat": now()})
+_HEARTBEAT = _WORKER.on_conflict_do_update(index_elements=["id"], set_={"last_heartbeat": now()})
+# the beater's statements (run by it, compiled here): beats for the live
+# processes of its worker, and marks those that are gone dead at once (so
+# long ago that the next sweep recovers their workflows and forgets them)
+_IDS = in_list(workers.c.id, bindparam("ids", type_=ARRAY(Text)))
+BEAT = update(workers).where(_IDS).values(last_heartbeat=now())
+DEAD = (
+    update(workers)
+    .where(_IDS)
+    .values(last_heartbeat=now() - seconds(bindparam("forgotten", 86401.0, type_=Float)))
+)
+_JOIN = _WORKER.on_conflict_do_nothing(index_elements=["id"])
 _RESERVE = (
     update(wf)
     .where(in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))), wf.c.status == Status.ENQUEUED)
@@ -92,8 +103,10 @@ def heartbeat(
     reserved: list[str],
     dropped: list[str] | None = None,
     names: list[str] | None = None,
+    beat: bool = True,
 ) -> None:
-    """Beat for ``worker_id``; record the workflow messages it received
+    """Beat for ``worker_id`` (unless its beater beats for it: ``beat``
+    False, though a missing row is made); record the workflow messages it received
     (``reserved``), forget those it received but holds no more
     (``dropped``), and record the workflow ``names`` it has registered (its
     first beat). On SQLite, refuses (ConfigurationError) when a
@@ -107,7 +120,7 @@ def heartbeat(
                 "SQLite serves one machine; use Postgres (database_url='postgresql://...') "
                 "for several"
             )
-    ex.count(_HEARTBEAT, {"worker": worker_id, "hostname": hostname, "pid": pid})
+    ex.count(_HEARTBEAT if beat else _JOIN, {"worker": worker_id, "hostname": hostname, "pid": pid})
     for name in names or ():
         ex.count(_REGISTER, {"worker": worker_id, "name": name})
     if reserved:

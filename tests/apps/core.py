@@ -11,6 +11,7 @@ worker at a known point, or let a workflow finish, without timing guesses.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from types import SimpleNamespace
@@ -134,7 +135,22 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
         time.sleep(pause)
         return [first, side_effect(wid, "step2")]
 
+    @durable.step(name="core.hold_gil")
+    def hold_gil(workflow_id: str, seconds: int) -> str:
+        """One C call that holds the GIL for ``seconds``: libc's sleep through
+        ctypes.PyDLL, which (unlike CDLL) does not release it, as a long
+        sort, regex or pandas operation would not."""
+        ledger_for(workflow_id, "gil")
+        ctypes.PyDLL(None).sleep(seconds)
+        return "held"
+
+    @durable.workflow(name="core.gil_heavy")
+    def gil_heavy(seconds: int) -> list[str]:
+        wid = durable.workflow_id
+        return [side_effect(wid, "before"), hold_gil(wid, seconds), side_effect(wid, "after")]
+
     ns.__dict__.update(
+        gil_heavy=gil_heavy,
         between=between,
         side_effect=side_effect,
         five_steps=five_steps,
