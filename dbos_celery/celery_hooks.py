@@ -13,23 +13,31 @@
   which the pool's processes learn that the worker wants its slots back
   (``slots.py``; refreshed by the main process);
 - ``task_prerun`` / ``task_success`` / ``task_failure`` / ``task_revoked``:
-  the outcomes of durable.call tasks.
+  the outcomes of durable.call tasks;
+- ``task_failure`` with Celery's ``TimeLimitExceeded`` (sent by a prefork
+  worker's main process before it kills the child): the workflow's step is
+  marked killed by the time limit (``store/kills.py``).
 
 Celery holds signal receivers weakly: the owner keeps this object alive.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
+from celery.exceptions import TimeLimitExceeded
 
 from .keys import parse_task_id
 from .loops import Periodic
 from .recovery.sweep import Sweeper
 from .slots import REFRESH
+from .store import kills
+
+log = logging.getLogger("dbos_celery")
 
 # how long a stopping worker waits for its in-process runs beyond a poll
 STOP_GRACE = 5.0
@@ -69,6 +77,7 @@ class CeleryHooks:
         signals.task_success.connect(self.outcomes.on_success)
         signals.task_failure.connect(self.outcomes.on_failure)
         signals.task_revoked.connect(self.outcomes.on_revoked)
+        signals.task_failure.connect(self._on_task_failure)
         self.app.steps["worker"].add(_facts_bootstep(self.before_fork))
 
     def before_fork(self, worker: Any) -> None:
@@ -126,6 +135,26 @@ class CeleryHooks:
         elif parse_task_id(getattr(request, "id", None)) is not None:
             self.sv.runtime().note_call_received(request.id)
         self.sv.slots.refresh()  # a request may wait for a slot now
+
+    def _on_task_failure(
+        self, sender: Any = None, task_id: str | None = None, exception: Any = None, **_: Any
+    ) -> None:
+        """Celery's hard time limit ends a workflow's run: in a prefork
+        worker's main process, before the child is killed. Mark the workflow
+        (if one of this worker's processes runs it) so that its replay counts
+        the kill against the step that was running."""
+        board = self.sv.liveness.board
+        if (
+            board is None or task_id is None or not isinstance(exception, TimeLimitExceeded)
+            or getattr(sender, "app", None) is not self.app or not self.is_workflow(sender.name)
+        ):  # fmt: skip
+            return
+        ours = [eid for _, _, eid in board.claimed()]
+        limit = float(exception.args[0]) if exception.args else 0.0
+        if self.sv.store.now(kills.time_limit, task_id, ours, limit):
+            log.warning("workflow %s: the hard time limit (%g s) ended its run; its step counts "
+                        "it as a failed attempt", task_id, limit,
+                        extra={"workflow_id": task_id})  # fmt: skip
 
 
 def time_limit(task: Any) -> float | None:

@@ -39,6 +39,9 @@ class WorkflowContext:
     park_by: float | None = None
     # the lease epoch of the process when it claimed the workflow (fencing)
     epoch: int = 0
+    # (why, how often) the processes that ran it last died in a step: counted
+    # against the next step body this run would start (store/kills.py)
+    killed: tuple[str, int] | None = None
 
     def next_seq(self) -> int:
         seq = self.seq

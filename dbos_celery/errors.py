@@ -7,6 +7,8 @@ so every constructor takes exactly the positional arguments it stores.
 
 from __future__ import annotations
 
+from celery.exceptions import TimeLimitExceeded
+
 
 class DurableError(Exception):
     """A dbos_celery error."""
@@ -137,6 +139,33 @@ class MaxStepAttemptsError(DurableError):
     def message(self) -> str:
         name, attempts, last = self.args
         return f"step {name!r} failed {attempts} time(s); last error: {last}"
+
+
+class StepTimeLimitExceeded(DurableError, TimeLimitExceeded):  # type: ignore[misc]
+    """Celery's hard time limit ended the process running a step. Also a
+    Celery ``TimeLimitExceeded``."""
+
+    def __init__(self, step_name: str, limit: float) -> None:
+        super().__init__(step_name, limit)
+
+    def message(self) -> str:
+        name, limit = self.args
+        return f"step {name!r} was killed by the task's hard time limit ({limit:g} s)"
+
+
+class StepProcessDiedError(DurableError):
+    """The process running a step died (killed by a signal, out of memory, a
+    crash) that many times in a row; the step is not run again."""
+
+    def __init__(self, step_name: str, deaths: int) -> None:
+        super().__init__(step_name, deaths)
+
+    def message(self) -> str:
+        name, deaths = self.args
+        return (
+            f"the process running step {name!r} died {deaths} time(s) in a row (killed by a "
+            "signal, out of memory, or a crash); not running it again"
+        )
 
 
 class ResultTimeoutError(DurableError, TimeoutError):

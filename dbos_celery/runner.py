@@ -87,6 +87,8 @@ def execute(
     ctx = WorkflowContext(workflow_id, executor, {s.seq: s for s in steps}, epoch=runtime.epoch)
     if row.deadline is not None:
         ctx.deadline = row.deadline.timestamp()
+    if row.killed is not None:
+        ctx.killed = (row.killed, row.kills)
     if time_limit is not None:
         ctx.park_by = started + time_limit - time_limit_margin(time_limit)
     outcome = _run(sv, runtime, ctx, row, wf.fn)

@@ -4,7 +4,10 @@ Inside a workflow a step takes the next sequence number. On replay the
 recorded output is returned (or the recorded exception raised) without
 running the step. Otherwise it runs, with retries, and its outcome is
 committed before the call returns. A step interrupted before its checkpoint
-commits may run again: steps are at-least-once until they commit.
+commits may run again: steps are at-least-once until they commit. When the
+processes that ran it died in it (a hard time limit, a crash), those deaths
+count against it, so that a step that kills its process fails instead of
+looping (``store/kills.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +20,22 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import cancellation, context
 from .checkpoint import record, replayed
-from .errors import InvalidArgumentError, MaxStepAttemptsError, SerializationError
+from .errors import (
+    InvalidArgumentError,
+    MaxStepAttemptsError,
+    SerializationError,
+    StepProcessDiedError,
+    StepTimeLimitExceeded,
+)
 from .loops import backoff
+from .store import kills
 
 if TYPE_CHECKING:
     from .services import Services
+
+# how many times in a row the process running a step may die (not by a
+# time limit) before the step fails with StepProcessDiedError
+MAX_STEP_DEATHS = 3
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,26 +78,58 @@ class Step(Generic[P, R]):
         if row is not None:
             return replayed(sv.codec, row)  # type: ignore[no-any-return]
         cancellation.check(sv, ctx)  # in memory unless a cancel was hinted
+        killed, ctx.killed = ctx.killed, None
         ctx.in_step = True
         try:
-            output = self._attempts(ctx.workflow_id, args, kwargs)
+            first = 1 if killed is None else self._after_deaths(ctx.workflow_id, *killed)
+            output = self._attempts(ctx.workflow_id, args, kwargs, first)
         except Exception as exc:
             ctx.in_step = False
-            record(sv, ctx, seq, self.name, None, sv.codec.dumps_error(exc))
+            self._record(ctx, seq, None, sv.codec.dumps_error(exc), killed)
             raise
         finally:
             ctx.in_step = False
         try:
             data = sv.codec.dumps(output, f"output of step {self.name!r}")
         except SerializationError as exc:
-            record(sv, ctx, seq, self.name, None, sv.codec.dumps_error(exc))
+            self._record(ctx, seq, None, sv.codec.dumps_error(exc), killed)
             raise
-        record(sv, ctx, seq, self.name, data)
+        self._record(ctx, seq, data, None, killed)
         return output
 
-    def _attempts(self, workflow_id: str, args: Any, kwargs: Any) -> R:
+    def _record(
+        self, ctx: context.WorkflowContext, seq: int, output: bytes | None, error: bytes | None,
+        killed: tuple[str, int] | None,
+    ) -> None:  # fmt: skip
+        record(self.sv, ctx, seq, self.name, output, error)
+        if killed is not None:  # the deaths were this step's: forget them
+            self.sv.store.now(kills.clear, ctx.workflow_id, ctx.executor_id)
+
+    def _after_deaths(self, workflow_id: str, why: str, deaths: int) -> int:
+        """The processes that ran this workflow last died in this step
+        ``deaths`` times in a row: raise the step's error when no attempt is
+        left, else the number of the attempt to run now. A hard time limit
+        counts as a failed attempt (the retry policy applies); other deaths
+        (a signal, out of memory, a crash) end the step after
+        ``MAX_STEP_DEATHS``."""
+        if why.startswith(kills.TIME_LIMIT):
+            error: Exception = StepTimeLimitExceeded(self.name, float(why[len(kills.TIME_LIMIT) :]))
+            if self.max_attempts == 1 or not isinstance(error, self.retry_on):
+                raise error
+            if deaths >= self.max_attempts:
+                raise MaxStepAttemptsError(self.name, deaths, repr(error)) from error
+            attempt = deaths + 1
+        elif deaths >= MAX_STEP_DEATHS:
+            raise StepProcessDiedError(self.name, deaths)
+        else:
+            error, attempt = StepProcessDiedError(self.name, deaths), 1
+        log.warning("step %s: %s; running it again", self.name, error,
+                    extra={"workflow_id": workflow_id})  # fmt: skip
+        return attempt
+
+    def _attempts(self, workflow_id: str, args: Any, kwargs: Any, first: int = 1) -> R:
         delays = backoff(self.interval, cap=float("inf"), factor=self.backoff)
-        for attempt in range(1, self.max_attempts + 1):
+        for attempt in range(first, self.max_attempts + 1):
             try:
                 return self.fn(*args, **kwargs)
             except self.retry_on as exc:

@@ -20,7 +20,9 @@ Every ``heartbeat_interval`` the beater looks at each claimed process:
   lease lapses locally at the same time, so when it resumes it starts
   nothing more (fencing);
 - gone (killed, OOM, a crash): its row is marked dead at once, so the next
-  sweep recovers its workflows, and the slot is freed.
+  sweep recovers its workflows, and the slot is freed; each workflow it ran
+  is marked killed (``store/kills.py``), so that a step that keeps killing
+  its process fails after a few attempts instead of looping.
 
 The beater exits when the worker's main process does (its parent changes).
 It ignores SIGINT and SIGTERM: a warm shutdown keeps the leases of the runs
@@ -277,7 +279,10 @@ class Beater:
             for index, eid in alive:
                 self.board.renew(index, eid, sent, self.timeout)
         if dead:
-            self.db.execute("dead", [eid for _, eid in dead])
+            ids = [eid for _, eid in dead]
+            if os.getppid() == self.parent:  # (not the whole worker going down)
+                self.db.execute("crashed", ids)  # a step may have killed it
+            self.db.execute("dead", ids)
             for index, eid in dead:
                 self.board.free(index, eid)
                 self._started.pop(eid, None)

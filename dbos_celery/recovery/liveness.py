@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..store import workers
+from ..store import kills, workers
 from .beater import LeaseBoard
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ class Liveness:
             **self.store.connection_info(),
             "beat": self.store.compiled(workers.BEAT),
             "dead": self.store.compiled(workers.DEAD),
+            "crashed": self.store.compiled(kills.CRASHED),
             "heartbeat_interval": self.settings.heartbeat_interval,
             "worker_timeout": self.settings.worker_timeout,
             "parent": os.getpid(),

@@ -29,6 +29,8 @@ class WorkflowRow:
     created_at: datetime
     updated_at: datetime
     deadline: datetime | None
+    killed: str | None = None  # why its last runners died in a step
+    kills: int = 0  # how many in a row
 
 
 class Target(NamedTuple):
@@ -50,7 +52,7 @@ class StepRow:
 WORKFLOW_COLS = (
     wf.c.id, wf.c.name, wf.c.status, wf.c.inputs, wf.c.output, wf.c.error,
     wf.c.executor_id, wf.c.recovery_attempts, wf.c.parent_id,
-    wf.c.created_at, wf.c.updated_at, wf.c.deadline,
+    wf.c.created_at, wf.c.updated_at, wf.c.deadline, wf.c.killed, wf.c.kills,
 )  # fmt: skip
 NCOLS = len(WORKFLOW_COLS)
 
@@ -63,7 +65,7 @@ def _when(value: Any) -> Any:
 def workflow_row(r: Any) -> WorkflowRow:
     return WorkflowRow(
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], _when(r[9]), _when(r[10]),
-        _when(r[11]),
+        _when(r[11]), r[12], r[13],
     )  # fmt: skip
 
 

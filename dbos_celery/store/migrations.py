@@ -71,8 +71,18 @@ def _v5(conn: Connection) -> None:
     worker_workflows.create(conn, checkfirst=True)
 
 
+def _v6(conn: Connection) -> None:
+    """Why (and how often) the processes running a workflow died in a step."""
+    if _sqlite(conn):
+        return
+    for column in ("killed TEXT", "kills INTEGER NOT NULL DEFAULT 0"):
+        conn.execute(
+            DDL(f"ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS {column}").against(workflows)  # type: ignore[no-untyped-call]
+        )
+
+
 # index i holds the migration to version i + 1; append, never edit
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 LATEST_VERSION = len(MIGRATIONS)
 
 

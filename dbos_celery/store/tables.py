@@ -67,6 +67,12 @@ workflows = Table(
     # the Celery queue it runs on, as routed when it started (v4): every
     # publish of it goes there, whichever process publishes
     Column("queue", Text),
+    # why the processes that ran it last died in a step (v6): "time_limit:<s>"
+    # (Celery's hard time limit) or "died" (killed, out of memory, a crash),
+    # and how often in a row; the replay's next step body counts them as its
+    # attempts
+    Column("killed", Text),
+    Column("kills", Integer, nullable=False, server_default="0"),
     Index("ix_workflows_status_updated", "status", "updated_at"),
     Index("ix_workflows_parent", "parent_id"),
     Index("ix_workflows_created", "created_at"),
