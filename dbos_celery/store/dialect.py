@@ -98,6 +98,16 @@ class async_commit(FunctionElement[Any]):
     name = "async_commit"
 
 
+class short_idle(FunctionElement[Any]):
+    """For the rest of this transaction, Postgres ends the session when it
+    sits idle for over ``x`` (a text: '2s'): for a transaction holding what
+    others need (the sweep's lock); a no-op value on SQLite."""
+
+    type = Text()
+    inherit_cache = True
+    name = "short_idle"
+
+
 def _args(element: FunctionElement[Any], compiler: SQLCompiler, **kw: Any) -> list[str]:
     return [compiler.process(a, **kw) for a in element.clauses]
 
@@ -131,3 +141,5 @@ _render(lambda c, p: f"{c} = ANY({p})", lambda c, p: f"{c} IN (SELECT value FROM
         in_list)  # fmt: skip
 _render(lambda x: f"pg_try_advisory_xact_lock(hashtext({x}))", lambda x: "1", try_lock)
 _render(lambda: "set_config('synchronous_commit', 'off', true)", lambda: "'off'", async_commit)
+_render(lambda x: f"set_config('idle_in_transaction_session_timeout', {x}, true)", lambda x: x,
+        short_idle)  # fmt: skip

@@ -33,6 +33,7 @@ from .dialect import (
     now,
     pow2,
     seconds,
+    short_idle,
     try_lock,
 )
 from .engine import Executor
@@ -196,7 +197,10 @@ class Recovered:
     queue: str | None
 
 
-_SWEEP_LOCK = select(try_lock(bindparam("lock", type_=Text)))
+# the sweep's lock, for one transaction; a holder frozen mid-sweep (SIGSTOP,
+# a partition) loses it after SWEEP_IDLE, so the others sweep again soon
+SWEEP_IDLE = "2s"
+_SWEEP_LOCK = select(try_lock(bindparam("lock", type_=Text)), short_idle(literal(SWEEP_IDLE)))
 # a timeout: children inherit the deadline, so they expire in the same pass
 _CANCEL_EXPIRED = cancel_live(wf.c.deadline <= now(), wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
 _ATTEMPTS = wf.c.recovery_attempts + 1

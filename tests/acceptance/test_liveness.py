@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -86,3 +88,28 @@ def _runner_pid(env: Env, wid: str) -> int:
         wid,
     )
     return int(rows[0][0])
+
+
+@pytest.mark.parametrize(
+    "n", [pytest.param(10, id="10 workflows"), pytest.param(50, marks=pytest.mark.slow, id="50")]
+)
+def test_cpu_starvation_causes_no_false_takeover(
+    env: Env, workers: list[WorkerProcess], ns: SimpleNamespace, n: int
+) -> None:
+    """Four busy loops on this machine's cores while workflows of five steps
+    run on two workers: slow, but no process is taken for dead."""
+    started = [start_worker(env, workers, name="a", concurrency=2),
+               start_worker(env, workers, name="b", concurrency=1)]  # fmt: skip
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(4)]
+    try:
+        handles = [ns.five_steps.start(workflow_id=f"cpu-{i}") for i in range(n)]
+        for h in handles:
+            assert h.result(timeout=120) == [f"step{i}" for i in range(1, 6)]
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert len(env.ledger()) == 5 * n, env.ledger()  # every step body ran once
+    for w in started:
+        assert "recovering workflow" not in w.log_path.read_text(), w.describe()
+        assert "lease lapsed" not in w.log_path.read_text(), w.describe()

@@ -11,10 +11,15 @@ workflow's slot, so sharing the pool could deadlock).
 One workflow ``chaos.wf(i, n)`` (id ``wid(i)``): step s1, recv "p",
 step s2, call of ``chaos.t.effect``, recv "p", send to ``wid(i+1)`` on
 "peer", recv "peer", step s3. Each step and the task write a ledger row.
+
+The GIL fault: the harness puts a row in the ledger's ``gil`` table; the
+next step body to run takes it and holds the GIL that long in one C call
+(a long sort or regex would), stopping every thread of its process.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from types import SimpleNamespace
@@ -58,6 +63,12 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
                         f'INSERT INTO "{schema}".ledger (workflow_id, what) VALUES (%s, %s)',
                         (workflow_id, what),
                     )
+                    hold = conn.execute(
+                        f'DELETE FROM "{schema}".gil WHERE id = (SELECT min(id) FROM '
+                        f'"{schema}".gil) RETURNING seconds'
+                    ).fetchone()
+                if hold is not None:
+                    ctypes.PyDLL(None).sleep(int(hold[0]))  # holds the GIL throughout
                 return
             except psycopg.OperationalError:
                 time.sleep(0.1 * attempt)

@@ -10,9 +10,12 @@ each, prefork), M producer processes sending each workflow two messages
 with idempotency keys (some sends repeated on purpose with the same key).
 
 Faults at random times (seeded RNG, seed printed): SIGKILL of a worker's
-process group (restarted after a delay), Redis stopped and restarted, Redis
-FLUSHALL, pg_terminate_backend of every session of the private cluster, and
-once per run ``pg_ctlcluster restart``. Then the faults stop, everything is
+process group (restarted after a delay), SIGSTOP of a worker's process
+group for 3-8 s (a frozen machine; SIGCONT later, while other faults go
+on), a step that holds the GIL for 3-6 s (tests/chaos/app.py), Redis
+stopped and restarted, Redis FLUSHALL, pg_terminate_backend of every
+session of the private cluster, and once per run ``pg_ctlcluster
+restart``. Then the faults stop, everything is
 brought back up, and the run waits for the workload to finish.
 
 Invariants (from Postgres and the ledger): every workflow SUCCESS with the
@@ -28,7 +31,9 @@ import argparse
 import multiprocessing as mp
 import os
 import random
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -124,6 +129,7 @@ class Chaos:
         self.pg.create()
         self.redis.start()
         self.ledger.create()
+        self.ledger.sql("CREATE TABLE {schema}.gil (id serial PRIMARY KEY, seconds int)")
         self.env = Env(
             schema=self.schema,
             database_url=self.pg.url,
@@ -196,6 +202,15 @@ class Chaos:
                 )
             else:
                 self.workers[k] = self._worker(k)
+        elif kind == "sigstop_worker":
+            victim = self.workers[self.rng.randrange(len(self.workers))]
+            assert victim is not None
+            _signal_group(victim, signal.SIGSTOP)
+            threading.Timer(self.rng.uniform(3.0, 8.0), _signal_group,
+                            (victim, signal.SIGCONT)).start()  # fmt: skip
+        elif kind == "gil_hold":
+            self.ledger.sql("INSERT INTO {schema}.gil (seconds) VALUES (%s)",
+                            self.rng.randint(3, 6))  # fmt: skip
         elif kind == "redis_restart":
             self.redis.stop()
             time.sleep(self.rng.uniform(0.5, 2.0))
@@ -211,8 +226,9 @@ class Chaos:
 
     def inject(self, until: float, done: Any) -> None:
         pg_restart_at = time.monotonic() + self.rng.uniform(0.2, 0.8) * (until - time.monotonic())
-        kinds = ["kill_worker", "redis_restart", "redis_flushall", "pg_terminate"]
-        weights = [5, 2, 2, 3]
+        kinds = ["kill_worker", "sigstop_worker", "gil_hold", "redis_restart", "redis_flushall",
+                 "pg_terminate"]  # fmt: skip
+        weights = [5, 2, 2, 2, 2, 3]
         while time.monotonic() < until and not done():
             time.sleep(self.rng.uniform(*self.cfg.fault_every))
             if pg_restart_at is not None and time.monotonic() >= pg_restart_at:
@@ -369,6 +385,13 @@ class Chaos:
                           f"then {t_done - t_heal:.1f} s to finish)"),
         ]  # fmt: skip
         return res
+
+
+def _signal_group(w: WorkerProcess, sig: signal.Signals) -> None:
+    try:
+        os.killpg(w.proc.pid, sig)
+    except ProcessLookupError:  # killed (and replaced) meanwhile
+        pass
 
 
 def run(cfg: Config) -> Result:

@@ -33,7 +33,7 @@ def test_a_frozen_holder_of_the_sweep_lock_blocks_sweeps_only_for_a_bounded_time
                 lock = ex.first(workers._SWEEP_LOCK, {"lock": sweep_lock(env.schema)})
                 assert lock[0]
                 took.set()
-                time.sleep(8)  # longer than the bound (5 s)
+                time.sleep(8)  # longer than the bound (workers.SWEEP_IDLE: 2 s)
                 woke.append(time.monotonic())
                 ex.first(workers._SWEEP_LOCK, {"lock": sweep_lock(env.schema)})
         except BaseException as exc:  # the server ended the idle session
