@@ -257,7 +257,14 @@ class WorkflowFailedError(DurableError):
         super().__init__(workflow_id, status)
 
     def message(self) -> str:
-        return f"workflow {self.args[0]!r} ended with status {self.args[1]}"
+        text = f"workflow {self.args[0]!r} ended with status {self.args[1]}"
+        if self.args[1] == "MAX_RECOVERY_ATTEMPTS_EXCEEDED":
+            text += (
+                ": it was recovered max_recovery_attempts times (each time the worker process "
+                "running it was lost: killed, its machine gone, or frozen past worker_timeout); "
+                "durable.resume() runs it again"
+            )
+        return text
 
 
 class LeaseLostError(BaseException):
