@@ -36,8 +36,14 @@ _MESSAGE_VALUES = (
     bindparam("topic", type_=Text),
     bindparam("payload", type_=LargeBinary),
 )
-# the destination's status, read by the insert: a WAITING one is woken
-_DEST_STATUS = select(wf.c.status).where(wf.c.id == _DEST).scalar_subquery()
+# the destination's status, read by the insert: a WAITING one is woken. Read
+# FOR SHARE: a park of the destination committing meanwhile is waited for
+# (so the status read is WAITING), or waits for this send's commit (so the
+# park's own re-check after its commit sees the message); without the lock,
+# a send that read PENDING could commit after that re-check and wake nobody
+_DEST_STATUS = (
+    select(wf.c.status).where(wf.c.id == _DEST).with_for_update(read=True).scalar_subquery()
+)
 _INSERT_MESSAGE = (
     insert(msg)
     .from_select(
