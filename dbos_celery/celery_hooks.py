@@ -116,8 +116,7 @@ class CeleryHooks:
         self.sv.stop_runtime()
 
     def worker_start(self) -> None:
-        sv = self.sv
-        sv.store.migrate()
+        sv = self.sv  # (migrated before the pool forked)
         sv.liveness.wait_ready()
         self.keeper.start()
         sv.runtime().start()

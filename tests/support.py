@@ -256,7 +256,8 @@ def app_from_env(
 ) -> SimpleNamespace:
     """A fresh Celery app + Durable bound to one test's schema and queue,
     from ``env`` (a worker subprocess: its environment). Durable options:
-    ``defaults`` < the DBOS_TEST_* variables < ``durable_options``."""
+    ``defaults`` < the DBOS_TEST_* variables < ``durable_options``;
+    ``DBOS_TEST_TASK_TIME_LIMIT``: the app's ``task_time_limit``."""
     from celery import Celery
 
     from dbos_celery import Durable
@@ -273,6 +274,8 @@ def app_from_env(
     app.conf.task_default_queue = queue
     app.conf.broker_connection_retry_on_startup = True
     app.conf.worker_hijack_root_logger = False
+    if e.get("DBOS_TEST_TASK_TIME_LIMIT"):  # the app's global hard time limit
+        app.conf.task_time_limit = float(e["DBOS_TEST_TASK_TIME_LIMIT"])
     durable = Durable(
         app,
         e.get("DBOS_TEST_DATABASE_URL", DATABASE_URL),

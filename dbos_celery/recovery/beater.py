@@ -50,9 +50,22 @@ log = logging.getLogger("dbos_celery")
 # worker take over (worker_timeout after the beat was sent)
 LEASE_MARGIN = 0.25
 
-_HEADER = struct.Struct("<qqq")  # slots, beats done, closing
+_HEADER = struct.Struct("<qq")  # slots, beats done
 _SLOT = struct.Struct("<qqqdq104s")  # seq, state, pid, lease_until, epoch, executor id
+_LEASE = struct.Struct("<qqqdq")  # the same without the executor id: a runner's read
 _FREE, _CLAIMED = 0, 1
+
+
+def renewed(until: float, epoch: int, sent: float, worker_timeout: float) -> tuple[float, int]:
+    """The lease after a beat sent at ``sent`` committed: the database counts
+    the process alive until ``sent + worker_timeout``, so the lease runs
+    until a margin before that. A beat sent after the lease had lapsed (the
+    process or its beater was paused, or starved) renews it for new runs
+    only (the epoch changes): the runs begun before may have been taken
+    over meanwhile."""
+    if until and sent >= until:
+        epoch += 1
+    return sent + worker_timeout - LEASE_MARGIN, epoch
 
 
 def clock() -> float:
@@ -87,7 +100,7 @@ class LeaseBoard:
         os.unlink(path)
         os.ftruncate(fd, _HEADER.size + slots * _SLOT.size)
         with mmap.mmap(fd, _HEADER.size) as m:
-            _HEADER.pack_into(m, 0, slots, 0, 0)
+            _HEADER.pack_into(m, 0, slots, 0)
         return cls(fd)
 
     # --- header -------------------------------------------------------------
@@ -96,14 +109,6 @@ class LeaseBoard:
     def beats(self) -> int:
         """How many rounds the beater has done (0: not started yet)."""
         return int(_HEADER.unpack_from(self._map, 0)[1])
-
-    @property
-    def closing(self) -> bool:
-        return bool(_HEADER.unpack_from(self._map, 0)[2])
-
-    def close(self) -> None:
-        """Tell the beater to stop (the worker stops)."""
-        struct.pack_into("<q", self._map, 16, 1)
 
     def count_beat(self) -> None:
         """The beater finished a round (written by the beater alone)."""
@@ -158,9 +163,13 @@ class LeaseBoard:
                 self._write(index, _FREE, 0, 0.0, 0, "")
 
     def lease(self, index: int) -> tuple[float, int]:
-        """(lease_until, epoch) of a slot: a read of shared memory."""
-        _, _, until, epoch, _ = self._read(index)
-        return until, epoch
+        """(lease_until, epoch) of a slot: a read of shared memory (before
+        each step: the executor id is not decoded)."""
+        at = self._offset(index)
+        while True:
+            seq, _, _, until, epoch = _LEASE.unpack_from(self._map, at)
+            if seq % 2 == 0 and _LEASE.unpack_from(self._map, at)[0] == seq:
+                return until, epoch
 
     def claimed(self) -> list[tuple[int, int, str]]:
         """(slot, pid, executor id) of every claimed slot."""
@@ -172,19 +181,13 @@ class LeaseBoard:
         return found
 
     def renew(self, index: int, executor_id: str, sent: float, worker_timeout: float) -> None:
-        """A beat for the slot's process sent at ``sent`` committed: the
-        database counts it alive until ``sent + worker_timeout``, so its
-        lease runs until a margin before that. A beat sent after the lease
-        had lapsed (the process or the beater was paused) renews it for new
-        runs only (the epoch changes): the runs begun before may have been
-        taken over meanwhile."""
+        """A beat for the slot's process sent at ``sent`` committed (see
+        ``renewed``)."""
         with self._locked():
             state, pid, until, epoch, eid = self._read(index)
             if state != _CLAIMED or eid != executor_id:
                 return  # freed (and maybe claimed again) since the beat
-            if sent >= until:
-                epoch += 1
-            self._write(index, state, pid, sent + worker_timeout - LEASE_MARGIN, epoch, eid)
+            self._write(index, state, pid, *renewed(until, epoch, sent, worker_timeout), eid)
 
 
 # --- the beater process -----------------------------------------------------
@@ -290,7 +293,7 @@ class Beater:
                          "recovered", eid)  # fmt: skip
 
     def run(self) -> None:
-        while os.getppid() == self.parent and not self.board.closing:
+        while os.getppid() == self.parent:
             began = time.monotonic()
             try:
                 self.beat_once()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from ..keys import cancel_key, parse_task_id
 from ..loops import Periodic
 from ..store import steps, workers, workflows
-from .beater import LEASE_MARGIN, LeaseBoard, clock
+from .beater import LeaseBoard, clock, renewed
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -217,19 +217,15 @@ class ProcessRuntime:
             self._revoke_settled(calls)
 
     def _renew(self, sent: float) -> None:
-        """A beat sent at monotonic ``sent`` committed: the database counts
-        this process alive until at least ``sent + worker_timeout``, so the
-        local lease runs until a margin before that. A beat sent after the
-        lease had lapsed (the process was paused, or its heartbeat starved)
-        renews it for new runs only: the runs begun before may have been
-        taken over meanwhile."""
+        """This process's own beat, sent at ``sent``, committed."""
         with self._lock:
-            if self._lease_until and sent >= self._lease_until:
-                self._epoch += 1
-            self._lease_until = sent + self.settings.worker_timeout - LEASE_MARGIN
+            self._lease_until, self._epoch = renewed(
+                self._lease_until, self._epoch, sent, self.settings.worker_timeout
+            )
 
     def _lease(self) -> tuple[float, int]:
-        if self._slot is not None and self._board is not None:
+        if self._slot is not None:
+            assert self._board is not None
             return self._board.lease(self._slot)
         return self._lease_until, self._epoch
 

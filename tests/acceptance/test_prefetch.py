@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.apps.core import build
 from tests.pgcluster import PrivateRedis
-from tests.support import Env, WorkerProcess, wait_for
+from tests.support import Env, WorkerProcess, start_worker, wait_for
 
 
 def test_prefetched_workflows_of_a_killed_worker_are_recovered(
@@ -14,9 +14,7 @@ def test_prefetched_workflows_of_a_killed_worker_are_recovered(
     # enqueued_timeout of an hour: the only way back is the reserved_by record
     env.extra["DBOS_TEST_ENQUEUED_TIMEOUT"] = "3600"
     ns = build(env.vars())
-    first = WorkerProcess(env, concurrency=1, name="first")
-    workers.append(first)
-    first.wait_ready()
+    first = start_worker(env, workers, concurrency=1, name="first")
     held = ns.five_steps.start(1, 3.0, workflow_id="held")
     wait_for(lambda: env.ledger("held"), 20, first.describe)
     queued = [ns.five_steps.start(workflow_id=f"queued-{i}") for i in range(3)]
@@ -54,9 +52,7 @@ def test_prefetched_workflows_dropped_by_a_live_worker_are_published_again(
         env.broker_url = broker.url.replace("/0", "/1")
         env.extra["DBOS_TEST_ENQUEUED_TIMEOUT"] = "1"
         ns = build(env.vars())
-        w = WorkerProcess(env, concurrency=1, name="w")
-        workers.append(w)
-        w.wait_ready()
+        w = start_worker(env, workers, concurrency=1, name="w")
         held = ns.five_steps.start(1, 1.0, workflow_id="held")
         wait_for(lambda: env.ledger("held"), 20, w.describe)
         queued = [ns.five_steps.start(workflow_id=f"queued-{i}") for i in range(3)]

@@ -19,9 +19,6 @@ from tests.support import app_from_env, write_ledger
 def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
     ns = app_from_env("limits", env, **durable_options)
     durable, schema = ns.durable, ns.schema
-    limit = (env if env is not None else os.environ).get("DBOS_TEST_TASK_TIME_LIMIT")
-    if limit:  # the app's global hard time limit, for every task
-        ns.app.conf.task_time_limit = float(limit)
 
     @durable.step(name="limits.slow")
     def slow(workflow_id: str, seconds: float) -> str:

@@ -20,9 +20,6 @@ from tests.support import app_from_env, write_ledger
 def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNamespace:
     ns = app_from_env("park", env, **durable_options)
     durable, schema = ns.durable, ns.schema
-    limit = (env if env is not None else os.environ).get("DBOS_TEST_TASK_TIME_LIMIT")
-    if limit:  # the app's global hard time limit, for every task
-        ns.app.conf.task_time_limit = float(limit)
     routed = (env if env is not None else os.environ).get("DBOS_TEST_ROUTE_QUEUE")
     if routed:  # the app routes its workflows to a queue of their own
         ns.app.conf.task_routes = {"park.*": {"queue": routed}}
