@@ -34,6 +34,7 @@ from celery.exceptions import TimeLimitExceeded
 from .keys import parse_task_id
 from .loops import Periodic
 from .recovery.sweep import Sweeper
+from .retention import Retention
 from .slots import REFRESH
 from .store import kills
 
@@ -61,6 +62,7 @@ class CeleryHooks:
     outcomes: Outcomes
     on_worker_stop: Callable[[], None]
     sweeper: Sweeper | None = None
+    retention: Retention | None = None
     demand: Periodic = field(init=False)
     keeper: Periodic = field(init=False)
 
@@ -104,9 +106,13 @@ class CeleryHooks:
         self.on_worker_stop()
 
     def stop_sweeper(self) -> None:
+        """Stop the main process's sweep and automatic collection."""
         if self.sweeper is not None:
             self.sweeper.stop()
             self.sweeper = None
+        if self.retention is not None:
+            self.retention.stop()
+            self.retention = None
 
     def _on_process_init(self, **_: Any) -> None:
         self.sv.runtime().start()
@@ -124,6 +130,9 @@ class CeleryHooks:
         if self.sweeper is None:
             self.sweeper = Sweeper(sv.store, sv.settings, sv.notifier, sv.publish)
             self.sweeper.start()
+        if self.retention is None and sv.settings.retention is not None:
+            self.retention = Retention(sv, sv.settings.retention)
+            self.retention.start()
         self.demand.start()
 
     def _on_task_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 
 from celery import Celery
 
-from . import management
+from . import management, retention
 from .durable import Durable
 from .errors import (
     DatabaseUnavailableError,
@@ -55,6 +55,34 @@ def _step(value: str) -> int:
         got = -1
     if got < 0:
         raise argparse.ArgumentTypeError(f"a step number >= 0 expected, got {value!r}")
+    return got
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(value: str) -> float:
+    """A duration: ``90s``, ``15m``, ``12h``, ``7d``, or plain seconds."""
+    text = value.strip().lower()
+    scale = _UNITS.get(text[-1:], 0)
+    try:
+        got = float(text[:-1] if scale else text) * (scale or 1)
+    except ValueError:
+        got = -1.0
+    if not got >= 0 or got == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"a duration like 90s, 15m, 12h or 7d expected, got {value!r}"
+        )
+    return got
+
+
+def _count(value: str) -> int:
+    try:
+        got = int(value)
+    except ValueError:
+        got = -1
+    if got < 0:
+        raise argparse.ArgumentTypeError(f"a count >= 0 expected, got {value!r}")
     return got
 
 
@@ -146,6 +174,16 @@ def _workflow_verbs(wf: Any) -> None:
     )
     fork.add_argument("--new-id", help="id of the new workflow (default: a UUID)")  # fmt: skip
     _publishing(fork)
+    gc = wf.add_parser(
+        "gc",
+        help="delete finished workflows (SUCCESS, ERROR, CANCELLED, "
+        "MAX_RECOVERY_ATTEMPTS_EXCEEDED) last updated before a cutoff, with all their rows",
+    )
+    gc.add_argument("--older-than", type=_duration, required=True, metavar="AGE",
+                    help="how old: 90s, 15m, 12h, 7d (or seconds)")  # fmt: skip
+    gc.add_argument("--keep", type=_count, metavar="N",
+                    help="keep the N most recently finished whatever their age")  # fmt: skip
+    gc.add_argument("--dry-run", action="store_true", help="count, delete nothing")
 
 
 def _plain(value: Any) -> Any:
@@ -248,6 +286,29 @@ def _resume_or_fork(args: argparse.Namespace, durable: Durable) -> None:
         pub.close()
 
 
+def _collect(args: argparse.Namespace, durable: Durable) -> None:
+    """``workflow gc``: delete (or count) and print how many, with a running
+    count on a terminal."""
+    live = sys.stderr.isatty() and not args.json
+
+    def progress(total: int) -> None:
+        if live:
+            print(f"\rdeleted {total} workflows...", end="", file=sys.stderr, flush=True)
+
+    got = retention.garbage_collect(durable.services, args.older_than, args.keep,
+                                    dry_run=args.dry_run, progress=progress)  # fmt: skip
+    if live:
+        print(file=sys.stderr)
+    row = {"deleted": 0 if args.dry_run else got, "would_delete": got if args.dry_run else None,
+           "older_than_seconds": args.older_than, "keep": args.keep}  # fmt: skip
+    if args.json:
+        print(json.dumps(row))
+    elif args.dry_run:
+        print(f"would delete {got} finished workflows (dry run: nothing deleted)")
+    else:
+        print(f"deleted {got} finished workflows")
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if not args.database_url:
@@ -288,6 +349,8 @@ def run(argv: Sequence[str] | None = None) -> int:
                   (*WORKFLOW_COLUMNS, "cancelled"))  # fmt: skip
         elif args.action in ("resume", "fork"):
             _resume_or_fork(args, durable)
+        elif args.action == "gc":
+            _collect(args, durable)
         return EXIT_OK
     except DurableError as exc:
         print(f"dbos-celery: {exc}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from .errors import ConfigurationError, InvalidArgumentError
@@ -31,6 +32,8 @@ class Settings:
     call_redispatch_after: float = 60.0
     # a wait longer than this parks the workflow (frees its worker slot)
     park_after: float | None = 5.0
+    # finished workflows older than this are deleted by the workers (None: kept)
+    retention: float | None = None
 
     def __post_init__(self) -> None:
         _check(self)
@@ -69,6 +72,8 @@ def _check(s: Settings) -> None:
     park_after = s.park_after
     if park_after is not None and (isinstance(park_after, bool) or not park_after >= 0):
         raise ConfigurationError("park_after must be >= 0 seconds, or None (never park)")
+    if s.retention is not None and (isinstance(s.retention, bool) or not s.retention > 0):
+        raise ConfigurationError("retention must be a timedelta or seconds > 0, or None")
     if not s.call_redispatch_after > 0:
         raise ConfigurationError("call_redispatch_after must be > 0 (seconds)")
 
@@ -85,6 +90,17 @@ def database_url(url: Any, engine: Any) -> str | None:
     if engine is not None:
         return url
     return url or os.environ.get("DBOS_CELERY_DATABASE_URL") or DEFAULT_DATABASE_URL
+
+
+def retention(value: Any) -> float | None:
+    """``retention=``: a timedelta or seconds, as seconds (None: keep all)."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if value is not None and not isinstance(value, (int, float)):
+        raise ConfigurationError(
+            f"retention must be a timedelta or seconds > 0, or None, got {type(value).__name__}"
+        )
+    return value
 
 
 def redis_url(url: Any) -> str | None:

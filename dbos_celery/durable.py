@@ -11,13 +11,13 @@ forks a child), never at import or in the parent.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from celery import Celery
 from celery.utils.imports import gen_task_name
 
-from . import config, context, management, messaging, runner
+from . import config, context, management, messaging, retention, runner
 from .calls.dispatch import Dispatcher, TaskCall
 from .calls.outcome import Outcomes
 from .celery_hooks import CeleryHooks, time_limit
@@ -71,6 +71,7 @@ class Durable:
         database_retry_timeout: float = 10.0,
         call_redispatch_after: float = 60.0,
         park_after: float | None = 5.0,
+        retention: float | timedelta | None = None,
     ) -> None:
         if not isinstance(app, Celery):
             raise ConfigurationError("Durable(app, ...) needs a celery.Celery app")
@@ -82,6 +83,7 @@ class Durable:
             enqueued_timeout=enqueued_timeout, max_recovery_attempts=max_recovery_attempts,
             max_message_bytes=max_message_bytes, database_retry_timeout=database_retry_timeout,
             call_redispatch_after=call_redispatch_after, park_after=park_after,
+            retention=config.retention(retention),
         )  # fmt: skip
         self.app = app
         store = Database(url, engine=engine, schema=schema, retry_timeout=database_retry_timeout)
@@ -291,6 +293,16 @@ class Durable:
         workflow is left alone; a finished one raises
         WorkflowNotResumableError (fork it instead)."""
         return management.resume(self.services, workflow_id, self._publish)[0]
+
+    def garbage_collect(self, older_than: float | timedelta, keep_latest: int | None = None) -> int:
+        """Delete the workflows in a final status (SUCCESS, ERROR, CANCELLED,
+        MAX_RECOVERY_ATTEMPTS_EXCEEDED) last updated more than ``older_than``
+        (a timedelta, or seconds) ago, except the ``keep_latest`` newest of
+        them, with their steps, call records, events, leftover messages and
+        send keys; how many. Short batches: safe while workers run. A
+        collected workflow can no longer be resumed or forked, and its
+        idempotency keys are gone with it."""
+        return retention.garbage_collect(self.services, older_than, keep_latest)
 
     def fork(
         self, workflow_id: str, from_step: int, new_id: str | None = None

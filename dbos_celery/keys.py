@@ -99,3 +99,8 @@ def migration_lock(schema: str) -> str:
 
 def sweep_lock(schema: str) -> str:
     return f"dbos_celery:{schema}:sweep"
+
+
+def retention_lock(schema: str) -> str:
+    """Held by the automatic collection's batches: one worker at a time."""
+    return f"dbos_celery:{schema}:retention"

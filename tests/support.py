@@ -245,6 +245,7 @@ ENV_OPTIONS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DBOS_TEST_CALL_REDISPATCH_AFTER": ("call_redispatch_after", float),
     "DBOS_TEST_PARK_AFTER": ("park_after", lambda v: None if v == "none" else float(v)),
     "DBOS_TEST_SWEEP_INTERVAL": ("sweep_interval", float),
+    "DBOS_TEST_RETENTION": ("retention", float),
 }
 
 
