@@ -59,6 +59,7 @@ def send(
     ctx = context.current()
     if ctx is not None and ctx.in_step and idempotency_key is None:
         raise SendFromStepError(destination_id)
+    status: str | None
     if ctx is None or ctx.in_step:
         status = _send_outside(sv, destination_id, t, payload, idempotency_key)
     else:
@@ -69,13 +70,19 @@ def send(
 
 def _send_outside(
     sv: Services, destination_id: str, topic: str, payload: bytes, idempotency_key: str | None
-) -> str | None:
-    """Store the message; the destination's status, or None when a retried
-    send with the same key had stored it already."""
+) -> str:
+    """Store the message once per call: without an idempotency key, under a
+    key made for this call, so that the store's own retry of a commit whose
+    reply was lost stores nothing more. The destination's status; WAITING
+    (wake it if parked) when an earlier try of this call, or a send with the
+    same key, had stored it already: that one may not have woken it."""
+    call = None if idempotency_key is not None else messages.call_key()
     status = sv.store.now(messages.insert_message, destination_id, topic, payload,
-                          idempotency_key)  # fmt: skip
-    if status is None and not sv.store.now(workflows.workflow_exists, destination_id):
-        raise NonExistentWorkflowError(destination_id)
+                          idempotency_key, call)  # fmt: skip
+    if status is None:
+        if not sv.store.now(workflows.workflow_exists, destination_id):
+            raise NonExistentWorkflowError(destination_id)
+        return Status.WAITING
     return status
 
 

@@ -265,9 +265,12 @@ class Workflow(Generic[P, R]):
         )
         ctx = context.current()
         if ctx is None or ctx.in_step:
+            generated = workflow_id is None
             workflow_id = workflow_id or str(uuid.uuid4())
             inserted = sv.store.now(self._insert, workflow_id, inputs, queue, None, timeout)
-            return workflow_id, inserted
+            # a generated id found existing: the store retried a commit whose
+            # reply was lost; that row is this call's, still to be published
+            return workflow_id, inserted or generated
         return self._create_child(ctx, inputs, workflow_id, timeout, queue)
 
     def _create_child(

@@ -6,7 +6,9 @@ time came or whose awaited message, event or outcome exists, and
 re-publishes the workflows of dead executors, the messages prefetched by a
 worker that died, and enqueued workflows that no worker received (with
 exponential backoff). Recovery never waits for the broker's visibility
-timeout nor relies on acks_late.
+timeout nor relies on acks_late. Every few seconds it also reports
+workflows no live worker has registered, and every minute it forgets the
+keys of send() calls older than an hour.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..cancellation import notify_stopped
 from ..keys import done_key
 from ..loops import Periodic
 from ..status import Status
-from ..store import workers
+from ..store import messages, workers
 from ..store.workers import WOKEN, Recovered
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ log = logging.getLogger("dbos_celery")
 # has registered are looked for
 NAMES_EVERY = 5.0
 NAMES_GRACE = 5.0
+# how often the keys of old send() calls are forgotten
+PRUNE_EVERY = 60.0
 UNREGISTERED = (
     "workflow %r has queued runs but no live worker has registered it, so workers discard "
     "its messages as unregistered tasks: import the module that defines it in the worker "
@@ -58,6 +62,7 @@ class Sweeper:
         self.notifier = notifier
         self.publish = publish
         self._names_due = 0.0  # monotonic: next look for unregistered workflows
+        self._prune_due = 0.0  # monotonic: next prune of send() call keys
         self._reported: set[str] = set()
         self._loop = Periodic(
             "dbos-celery-sweeper",
@@ -73,6 +78,9 @@ class Sweeper:
         if now >= self._names_due:
             self._names_due = now + NAMES_EVERY
             self.report_unregistered()
+        if now >= self._prune_due:
+            self._prune_due = now + PRUNE_EVERY
+            self.store.now(messages.prune_call_keys)
 
     def report_unregistered(self) -> list[str]:
         """Log, once per name while it lasts, the workflows queued for a

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+import uuid
+
 from sqlalchemy import (
     Integer,
     LargeBinary,
@@ -24,7 +27,7 @@ from .dialect import (
     now,
 )
 from .engine import Executor
-from .tables import events, send_keys
+from .tables import call_keys, events, send_keys
 from .tables import messages as msg
 from .tables import steps as st
 from .tables import workflows as wf
@@ -69,6 +72,36 @@ _INSERT_KEYED_MESSAGE = (
     )
     .returning(msg.c.id, _DEST_STATUS)
 )
+_CALL_KEY_INSERT = (
+    pg_insert(call_keys)
+    .from_select(["key"], select(bindparam("call", type_=Text)).where(_DEST_EXISTS))
+    .on_conflict_do_nothing()
+    .returning(call_keys.c.key)
+)
+_CALL_KEY = _CALL_KEY_INSERT.cte("c")
+_INSERT_CALL_MESSAGE = (
+    insert(msg)
+    .from_select(
+        ["destination_id", "topic", "payload"],
+        select(*_MESSAGE_VALUES).select_from(_CALL_KEY),
+    )
+    .returning(msg.c.id, _DEST_STATUS)
+)
+# a call's key outlives every retry of the call (database_retry_timeout, a
+# TCP keepalive's detection) by far
+CALL_KEY_TTL = 3600.0
+_PRUNE_CALL_KEYS = delete(call_keys).where(call_keys.c.key < bindparam("before", type_=Text))
+
+
+def call_key() -> str:
+    """A new key for one send() call: time-ordered, so that old ones are
+    pruned by a range of the primary key."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+
+
+def prune_call_keys(ex: Executor, ttl: float = CALL_KEY_TTL) -> int:
+    """Forget the call keys older than ``ttl`` seconds; how many."""
+    return ex.count(_PRUNE_CALL_KEYS, {"before": f"{int((time.time() - ttl) * 1e9):020d}"})
 
 
 def insert_message(
@@ -77,20 +110,28 @@ def insert_message(
     topic: str,
     payload: bytes,
     idempotency_key: str | None,
+    call: str | None = None,
 ) -> str | None:
     """Store a message for an existing workflow; the destination's status
     (WAITING: parked, to be woken). None when the destination does not exist
-    or (with a key) the key was used before; nothing is written then. The
-    caller tells the two apart with workflow_exists."""
+    or the key was used before (the caller's ``idempotency_key``, else the
+    ``call`` key of this send() call); nothing is written then. The caller
+    tells the two apart with workflow_exists."""
     params = {"dest": destination_id, "dest2": destination_id, "topic": topic,
-              "payload": payload, "key": idempotency_key}  # fmt: skip
-    if ex.sqlite and idempotency_key is not None:
+              "payload": payload, "key": idempotency_key, "call": call}  # fmt: skip
+    if idempotency_key is not None:
+        key_insert, keyed = _KEY_INSERT, _INSERT_KEYED_MESSAGE
+    elif call is not None:
+        key_insert, keyed = _CALL_KEY_INSERT, _INSERT_CALL_MESSAGE
+    else:
+        row = ex.first(_INSERT_MESSAGE, params)
+        return None if row is None else str(row[1] or "")
+    if ex.sqlite:
         with ex.atomic():
-            stored = ex.first(_KEY_INSERT, params) is not None
+            stored = ex.first(key_insert, params) is not None
             row = ex.first(_INSERT_MESSAGE, params) if stored else None
     else:
-        stmt = _INSERT_MESSAGE if idempotency_key is None else _INSERT_KEYED_MESSAGE
-        row = ex.first(stmt, params)
+        row = ex.first(keyed, params)
     return None if row is None else str(row[1] or "")
 
 

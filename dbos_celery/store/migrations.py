@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError, SchemaVersionError
 from ..keys import migration_lock
-from .tables import metadata, worker_workflows, workflows
+from .tables import call_keys, metadata, worker_workflows, workflows
 from .tables import schema_version as schema_version_table
 
 log = logging.getLogger("dbos_celery")
@@ -81,8 +81,13 @@ def _v6(conn: Connection) -> None:
         )
 
 
+def _v7(conn: Connection) -> None:
+    """The keys of send() calls, against the library's own retries."""
+    call_keys.create(conn, checkfirst=True)
+
+
 # index i holds the migration to version i + 1; append, never edit
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
 LATEST_VERSION = len(MIGRATIONS)
 
 

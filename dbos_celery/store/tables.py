@@ -120,6 +120,15 @@ send_keys = Table(
     PrimaryKeyConstraint("destination_id", "idempotency_key"),
 )
 
+# one key per send() call without an idempotency key, so that the library's
+# own retry of an ambiguous commit stores nothing twice (v7); time-ordered
+# ("<epoch ns, 20 digits>-<random>"), pruned by range after CALL_KEY_TTL
+call_keys = Table(
+    "call_keys",
+    metadata,
+    Column("key", Text, primary_key=True),
+)
+
 events = Table(
     "events",
     metadata,

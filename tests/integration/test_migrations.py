@@ -21,6 +21,7 @@ TABLES = {
     "steps",
     "messages",
     "send_keys",
+    "call_keys",
     "events",
     "workers",
     "worker_workflows",
