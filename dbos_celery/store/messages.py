@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from sqlalchemy import (
     Integer,
@@ -64,29 +65,29 @@ _KEY_INSERT = (
     .returning(send_keys.c.destination_id)
 )
 _KEY = _KEY_INSERT.cte("k")
-_INSERT_KEYED_MESSAGE = (
-    insert(msg)
-    .from_select(
-        ["destination_id", "topic", "payload"],
-        select(_KEY.c.destination_id, *_MESSAGE_VALUES[1:]),
+
+
+def _once_per_key(key: Any) -> Any:
+    """The message insert, for the one row of ``key`` (a CTE inserting the
+    key: no row when it existed, and nothing is stored)."""
+    return (
+        insert(msg)
+        .from_select(
+            ["destination_id", "topic", "payload"],
+            select(*_MESSAGE_VALUES).select_from(key),
+        )
+        .returning(msg.c.id, _DEST_STATUS)
     )
-    .returning(msg.c.id, _DEST_STATUS)
-)
+
+
+_INSERT_KEYED_MESSAGE = _once_per_key(_KEY)
 _CALL_KEY_INSERT = (
     pg_insert(call_keys)
     .from_select(["key"], select(bindparam("call", type_=Text)).where(_DEST_EXISTS))
     .on_conflict_do_nothing()
     .returning(call_keys.c.key)
 )
-_CALL_KEY = _CALL_KEY_INSERT.cte("c")
-_INSERT_CALL_MESSAGE = (
-    insert(msg)
-    .from_select(
-        ["destination_id", "topic", "payload"],
-        select(*_MESSAGE_VALUES).select_from(_CALL_KEY),
-    )
-    .returning(msg.c.id, _DEST_STATUS)
-)
+_INSERT_CALL_MESSAGE = _once_per_key(_CALL_KEY_INSERT.cte("c"))
 # a call's key outlives every retry of the call (database_retry_timeout, a
 # TCP keepalive's detection) by far
 CALL_KEY_TTL = 3600.0

@@ -12,8 +12,9 @@ import pytest
 
 from tests.apps.messaging import build
 from tests.proxy import DropReplyProxy
-from tests.support import Env, WorkerProcess, start_worker
+from tests.support import Env, WorkerProcess, app_fixture, start_worker
 
+ns_direct = app_fixture(build)  # a producer that connects directly
 APP = "tests.apps.messaging"
 N = 10
 
@@ -85,12 +86,3 @@ def test_set_event_whose_commit_answer_is_lost_is_recorded_once(
     rows = env.sql("SELECT key, convert_from(value, 'UTF8') FROM {schema}.events "
                    "WHERE workflow_id = 'ev' ORDER BY key")  # fmt: skip
     assert rows == [("done", '{"value": "go"}'), ("stage", '"got go"')]
-
-
-@pytest.fixture
-def ns_direct(env: Env) -> Iterator[SimpleNamespace]:
-    built = build(env.vars())
-    try:
-        yield built
-    finally:
-        built.durable.close()
