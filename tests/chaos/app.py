@@ -56,12 +56,18 @@ def build(env: dict[str, str] | None = None, **durable_options: Any) -> SimpleNa
     app.conf.broker_transport_options = {"socket_timeout": 5, "socket_connect_timeout": 2}
 
     def record(workflow_id: str, what: str) -> None:
+        """A side effect, stamped with the time its body started: a body
+        begun before a freeze (SIGSTOP) and resumed after a takeover is the
+        one overlap fencing cannot prevent (README), not a re-run after the
+        checkpoint."""
+        began = time.time()
         for attempt in range(50):  # the ledger's server is never faulted; be patient anyway
             try:
                 with psycopg.connect(ledger_url, autocommit=True) as conn:
                     conn.execute(
-                        f'INSERT INTO "{schema}".ledger (workflow_id, what) VALUES (%s, %s)',
-                        (workflow_id, what),
+                        f'INSERT INTO "{schema}".ledger (workflow_id, what, at) '
+                        "VALUES (%s, %s, %s)",
+                        (workflow_id, what, began),
                     )
                     hold = conn.execute(
                         f'DELETE FROM "{schema}".gil WHERE id = (SELECT min(id) FROM '

@@ -21,8 +21,10 @@ brought back up, and the run waits for the workload to finish.
 Invariants (from Postgres and the ledger): every workflow SUCCESS with the
 expected result; every message consumed exactly once by the right recv in
 FIFO order, none left over, one stored per idempotency key; no step or call
-side effect ran after its checkpoint committed (re-runs before a checkpoint
-are counted and reported); nothing stuck. Exit status 1 on a violation.
+body started after its checkpoint committed (a side effect is stamped with
+the time its body started: a body frozen mid-way by SIGSTOP and finished
+after a takeover is the overlap the README documents; re-runs before a
+checkpoint are counted and reported); nothing stuck. Exit status 1 on a violation.
 """
 
 from __future__ import annotations
