@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from celery import bootsteps, signals
 from celery.exceptions import TimeLimitExceeded
 
+from .broker import QueueDepths
 from .keys import parse_task_id
 from .loops import Periodic
 from .recovery.sweep import Sweeper
@@ -62,6 +63,7 @@ class CeleryHooks:
     outcomes: Outcomes
     on_worker_stop: Callable[[], None]
     sweeper: Sweeper | None = None
+    depths: QueueDepths | None = None
     retention: Retention | None = None
     demand: Periodic = field(init=False)
     keeper: Periodic = field(init=False)
@@ -105,11 +107,24 @@ class CeleryHooks:
             runtime.wait_idle(self.sv.settings.poll_interval + STOP_GRACE)
         self.on_worker_stop()
 
+    def sweeper_now(self) -> Sweeper:
+        """This process's sweeper (its thread runs in a worker's main
+        process; ``Durable.sweep`` runs it once elsewhere). It remembers
+        when it saw queues empty between passes."""
+        if self.sweeper is None:
+            self.depths = QueueDepths(self.app)
+            sv = self.sv
+            self.sweeper = Sweeper(sv.store, sv.settings, sv.notifier, sv.publish, self.depths)
+        return self.sweeper
+
     def stop_sweeper(self) -> None:
         """Stop the main process's sweep and automatic collection."""
         if self.sweeper is not None:
             self.sweeper.stop()
             self.sweeper = None
+        if self.depths is not None:
+            self.depths.close()
+            self.depths = None
         if self.retention is not None:
             self.retention.stop()
             self.retention = None
@@ -127,9 +142,7 @@ class CeleryHooks:
         self.keeper.start()
         sv.runtime().start()
         sv.notifier.start()
-        if self.sweeper is None:
-            self.sweeper = Sweeper(sv.store, sv.settings, sv.notifier, sv.publish)
-            self.sweeper.start()
+        self.sweeper_now().start()
         if self.retention is None and sv.settings.retention is not None:
             self.retention = Retention(sv, sv.settings.retention)
             self.retention.start()

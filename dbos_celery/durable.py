@@ -23,7 +23,6 @@ from .calls.outcome import Outcomes
 from .celery_hooks import CeleryHooks, time_limit
 from .errors import ConfigurationError, InvalidArgumentError, NonExistentWorkflowError
 from .keys import channel_prefix
-from .recovery.sweep import Sweeper
 from .serialization import Serializer
 from .services import Services
 from .step import Step
@@ -336,8 +335,7 @@ class Durable:
     def sweep(self) -> list[Recovered]:
         """Run one recovery sweep now; returns what it re-published, and the
         workflows it cancelled because their deadline passed."""
-        sv = self.services
-        return Sweeper(sv.store, sv.settings, sv.notifier, sv.publish).sweep_once()
+        return self._hooks.sweeper_now().sweep_once()
 
     def close(self) -> None:
         """Stop this process's threads and close what this object created."""

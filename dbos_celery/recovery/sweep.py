@@ -3,10 +3,17 @@
 
 It cancels the live workflows whose deadline passed, wakes parked ones whose
 time came or whose awaited message, event or outcome exists, and
-re-publishes the workflows of dead executors, the messages prefetched by a
-worker that died, and enqueued workflows that no worker received (with
-exponential backoff). Recovery never waits for the broker's visibility
-timeout nor relies on acks_late. Every few seconds it also reports
+re-publishes the workflows of dead executors and the messages prefetched by a
+worker that died. Recovery never waits for the broker's visibility timeout
+nor relies on acks_late.
+
+An enqueued workflow that no worker has received is re-published only when
+its message is really gone: its queue was seen empty (the broker is asked,
+``broker.py``) a little while after the row was published, and still no
+worker has it. A long but healthy queue is left alone, whatever its length;
+as a last resort (a message lost in a queue that never drains) rows
+unreceived for ten times ``enqueued_timeout`` are published again, with
+backoff. Every few seconds it also reports
 workflows no live worker has registered, and every minute it forgets the
 keys of send() calls older than an hour.
 """
@@ -38,6 +45,10 @@ NAMES_EVERY = 5.0
 NAMES_GRACE = 5.0
 # how often the keys of old send() calls are forgotten
 PRUNE_EVERY = 60.0
+# a queue seen empty vouches for the rows published before, once this much
+# longer has passed without any worker recording them (a worker that took
+# the message records it with its next heartbeat, or runs it)
+DRAIN_SLACK = 2.0
 UNREGISTERED = (
     "workflow %r has queued runs but no live worker has registered it, so workers discard "
     "its messages as unregistered tasks: import the module that defines it in the worker "
@@ -56,8 +67,11 @@ class Sweeper:
         settings: Settings,
         notifier: Notifier,
         publish: Callable[[str, str, str | None], None],
+        depths: Callable[[str | None], int | None],
     ) -> None:
         self.store = store
+        self.depths = depths  # messages in a queue (None: unknown)
+        self._empty: dict[str, list[float]] = {}  # queue -> monotonic times seen empty
         self.settings = settings
         self.notifier = notifier
         self.publish = publish
@@ -99,7 +113,7 @@ class Sweeper:
         found = self.store.run(
             workers.sweep, s.schema, s.worker_timeout, s.max_recovery_attempts, s.enqueued_timeout
         )
-        recovered = found or []
+        recovered = [*(found or []), *self._republish_lost()]
         for i, r in enumerate(recovered):
             if r.status in (WOKEN, Status.ENQUEUED):
                 self._republish(r, recovered[i:])
@@ -112,6 +126,27 @@ class Sweeper:
                           r.id, s.max_recovery_attempts, extra={"workflow_id": r.id})  # fmt: skip
                 self.notifier.notify(done_key(r.id))
         return recovered
+
+    def _republish_lost(self) -> list[Recovered]:
+        """The rows unreceived within enqueued_timeout whose queue was seen
+        empty at least DRAIN_SLACK after they were published (and
+        DRAIN_SLACK ago): their message is gone."""
+        s = self.settings
+        queues = self.store.now(workers.unreceived_queues, s.enqueued_timeout)
+        slack = max(DRAIN_SLACK, 4 * s.heartbeat_interval)
+        now = time.monotonic()
+        lost: list[Recovered] = []
+        self._empty = {q: self._empty.get(q, []) for q in queues}
+        for queue, seen in self._empty.items():
+            if self.depths(queue or None) == 0:
+                seen.append(now)
+            vouching = [t for t in seen if now - t >= slack]
+            if not vouching:
+                continue
+            seen[:] = [t for t in seen if t >= vouching[-1]]
+            age = now - vouching[-1] + slack  # published before the look, by the slack
+            lost += self.store.now(workers.republish_drained, queue, age, s.enqueued_timeout)
+        return lost
 
     def _republish(self, r: Recovered, rest: list[Recovered]) -> None:
         if r.status == WOKEN:  # a parked workflow: what it waits for came

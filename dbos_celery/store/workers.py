@@ -16,6 +16,7 @@ from sqlalchemy import (
     case,
     delete,
     exists,
+    func,
     literal,
     or_,
     select,
@@ -232,17 +233,57 @@ _RECOVER_PREFETCHED = (
     .values(reserved_by=None, updated_at=now())
     .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
 )
-_BACKOFF = seconds(bindparam("grace", type_=Float) * pow2(least(wf.c.publish_count, 10)))
+# ENQUEUED rows that no worker has received for a long while (STALE times
+# enqueued_timeout, with backoff): the last resort for a message lost in a
+# queue that never drains. The usual way back is the drain rule below.
+STALE = 10.0
+_BACKOFF = seconds(bindparam("grace", type_=Float) * STALE * pow2(least(wf.c.publish_count, 10)))
+_UNRECEIVED = (
+    wf.c.status == Status.ENQUEUED,
+    wf.c.reserved_by.is_(None),
+    wf.c.updated_at < now() - seconds(bindparam("grace", type_=Float)),
+)
 _REPUBLISH_UNRECEIVED = (
     update(wf)
+    .where(*_UNRECEIVED, wf.c.updated_at < now() - _BACKOFF)
+    .values(publish_count=wf.c.publish_count + 1, updated_at=now())
+    .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
+)
+# the queues ('' for the default queue) of rows no worker has received
+# within enqueued_timeout
+_QUEUE = func.coalesce(wf.c.queue, "")
+_UNRECEIVED_QUEUES = select(_QUEUE).where(*_UNRECEIVED).distinct().limit(100)
+# rows of a queue that has been seen empty ``age`` seconds ago, published
+# before that and still not received by any worker: their message is gone
+_REPUBLISH_DRAINED = (
+    update(wf)
     .where(
-        wf.c.status == Status.ENQUEUED,
-        wf.c.reserved_by.is_(None),
-        wf.c.updated_at < now() - _BACKOFF,
+        *_UNRECEIVED,
+        _QUEUE == bindparam("queue", type_=Text),
+        wf.c.updated_at < now() - seconds(bindparam("age", type_=Float)),
     )
     .values(publish_count=wf.c.publish_count + 1, updated_at=now())
     .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
 )
+
+
+def unreceived_queues(ex: Executor, enqueued_timeout: float) -> list[str]:
+    """The queues ('': the default one) of the ENQUEUED rows that no worker
+    has received within ``enqueued_timeout``."""
+    return [r[0] for r in ex.rows(_UNRECEIVED_QUEUES, {"grace": enqueued_timeout})]
+
+
+def republish_drained(
+    ex: Executor, queue: str, age: float, enqueued_timeout: float
+) -> list[Recovered]:
+    """The ENQUEUED rows of ``queue`` ('': the default one) that no worker
+    received, published more than ``age`` seconds ago, when the queue was
+    seen empty: their message was lost (a broker flush, a crash between
+    commit and publish). Marked published again, to publish."""
+    params = {"queue": queue, "age": age, "grace": enqueued_timeout}
+    return [Recovered(*r) for r in ex.rows(_REPUBLISH_DRAINED, params)]
+
+
 # a publish of the sweep failed (the broker is down): take back the backoff
 # step it took, and make the rows due again at the next sweep, so that a
 # broker outage does not push their next publish hours away
@@ -256,7 +297,8 @@ _PUBLISH_FAILED = (
     )
     .values(
         publish_count=_FEWER,
-        updated_at=now() - seconds(bindparam("grace", type_=Float) * pow2(least(_FEWER, 10)) + 1.0),
+        updated_at=now()
+        - seconds(bindparam("grace", type_=Float) * STALE * pow2(least(_FEWER, 10)) + 1.0),
     )
 )
 
@@ -294,9 +336,10 @@ def sweep(
     stopped heartbeating (now ENQUEUED, or MAX_RECOVERY_ATTEMPTS_EXCEEDED),
     parked (WAITING) ones whose wake time passed or whose awaited message,
     event or workflow outcome exists (now ENQUEUED, returned as WOKEN),
-    ENQUEUED ones prefetched by a worker that died, and ENQUEUED ones no
-    worker has received for a while (published with exponential backoff, so
-    a long but healthy queue gets few duplicates).
+    ENQUEUED ones prefetched by a worker that died, and, as a last resort,
+    ENQUEUED ones no worker has received for STALE times enqueued_timeout
+    (with exponential backoff). The usual way back for a lost message is
+    ``republish_drained``: the sweeper asks the broker when a queue is empty.
     """
     if not ex.first(_SWEEP_LOCK, {"lock": sweep_lock(schema)})[0]:
         return None
