@@ -28,6 +28,8 @@ def build(env: dict[str, str]) -> SimpleNamespace:
     options = {}
     if env.get("BENCH_PARK_AFTER"):  # parking.py
         options["park_after"] = float(env["BENCH_PARK_AFTER"])
+    if env.get("BENCH_ENQUEUED_TIMEOUT"):  # backlog.py
+        options["enqueued_timeout"] = float(env["BENCH_ENQUEUED_TIMEOUT"])
     durable = Durable(
         app,
         env["BENCH_DATABASE_URL"],
