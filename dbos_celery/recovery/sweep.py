@@ -49,6 +49,9 @@ PRUNE_EVERY = 60.0
 # longer has passed without any worker recording them (a worker that took
 # the message records it with its next heartbeat, or runs it)
 DRAIN_SLACK = 2.0
+# one pass in this many (and the first) also looks for rows whose worker has
+# no row at all, which needs every live row read
+FULL_EVERY = 20
 UNREGISTERED = (
     "workflow %r has queued runs but no live worker has registered it, so workers discard "
     "its messages as unregistered tasks: import the module that defines it in the worker "
@@ -72,6 +75,8 @@ class Sweeper:
         self.store = store
         self.depths = depths  # messages in a queue (None: unknown)
         self._empty: dict[str, list[float]] = {}  # queue -> monotonic times seen empty
+        self._ready_after = ""  # the cursor of the pages of parked rows
+        self._passes = 0
         self.settings = settings
         self.notifier = notifier
         self.publish = publish
@@ -110,10 +115,13 @@ class Sweeper:
 
     def sweep_once(self) -> list[Recovered]:
         s = self.settings
+        full = self._passes % FULL_EVERY == 0
+        self._passes += 1
         found = self.store.run(
-            workers.sweep, s.schema, s.worker_timeout, s.max_recovery_attempts, s.enqueued_timeout
-        )
-        recovered = [*(found or []), *self._republish_lost()]
+            workers.sweep, s.schema, s.worker_timeout, s.max_recovery_attempts,
+            s.enqueued_timeout, full,
+        )  # fmt: skip
+        recovered = [*(found or []), *self._wake_ready(found is not None), *self._republish_lost()]
         for i, r in enumerate(recovered):
             if r.status in (WOKEN, Status.ENQUEUED):
                 self._republish(r, recovered[i:])
@@ -126,6 +134,15 @@ class Sweeper:
                           r.id, s.max_recovery_attempts, extra={"workflow_id": r.id})  # fmt: skip
                 self.notifier.notify(done_key(r.id))
         return recovered
+
+    def _wake_ready(self, holder: bool) -> list[Recovered]:
+        """The holder of the sweep's lock looks at the next page of parked
+        rows for those whose awaited message, event or outcome exists (the
+        safety net behind the writers' own wakes)."""
+        if not holder:
+            return []
+        woken, self._ready_after = self.store.now(workers.wake_ready_page, self._ready_after)
+        return woken
 
     def _republish_lost(self) -> list[Recovered]:
         """The rows unreceived within enqueued_timeout whose queue was seen

@@ -86,8 +86,22 @@ def _v7(conn: Connection) -> None:
     call_keys.create(conn, checkfirst=True)
 
 
+def _v8(conn: Connection) -> None:
+    """The parked rows in id order, for the sweep's pages of readiness checks."""
+    for index in workflows.indexes:
+        if index.name == "ix_workflows_waiting_id":
+            index.create(conn, checkfirst=True)
+
+
+def _v9(conn: Connection) -> None:
+    """The running and the prefetched rows by worker, for the sweep."""
+    for index in workflows.indexes:
+        if index.name in ("ix_workflows_executor", "ix_workflows_reserved_by"):
+            index.create(conn, checkfirst=True)
+
+
 # index i holds the migration to version i + 1; append, never edit
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7]
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
 LATEST_VERSION = len(MIGRATIONS)
 
 

@@ -39,6 +39,8 @@ schema_version = Table(
 )
 
 _WAITING = text("status = 'WAITING'")
+_PENDING = text("status = 'PENDING'")
+_ENQUEUED = text("status = 'ENQUEUED'")
 
 workflows = Table(
     "workflows",
@@ -81,6 +83,20 @@ workflows = Table(
     Index(
         "ix_workflows_waiting_for", "waiting_for", postgresql_where=_WAITING, sqlite_where=_WAITING
     ),
+    # the parked rows in id order: the sweep looks a page at a time for
+    # those whose awaited message, event or outcome exists (v8)
+    Index("ix_workflows_waiting_id", "id", postgresql_where=_WAITING, sqlite_where=_WAITING),
+    # the running and the prefetched rows by worker: the sweep finds those of
+    # dead workers without reading every live row (v9)
+    Index(
+        "ix_workflows_executor", "executor_id", postgresql_where=_PENDING, sqlite_where=_PENDING
+    ),  # fmt: skip
+    Index(
+        "ix_workflows_reserved_by",
+        "reserved_by",
+        postgresql_where=_ENQUEUED,
+        sqlite_where=_ENQUEUED,
+    ),  # fmt: skip
 )
 
 steps = Table(

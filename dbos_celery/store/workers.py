@@ -12,13 +12,13 @@ from sqlalchemy import (
     Float,
     Integer,
     Text,
+    and_,
     bindparam,
     case,
     delete,
     exists,
     func,
     literal,
-    or_,
     select,
     update,
 )
@@ -205,33 +205,56 @@ _SWEEP_LOCK = select(try_lock(bindparam("lock", type_=Text)), short_idle(literal
 # a timeout: children inherit the deadline, so they expire in the same pass
 _CANCEL_EXPIRED = cancel_live(wf.c.deadline <= now(), wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
 _ATTEMPTS = wf.c.recovery_attempts + 1
-_RECOVER_DEAD = (
-    update(wf)
-    .where(wf.c.status == Status.PENDING, ~live_worker(wf.c.executor_id))
-    .values(
-        status=case(
-            (
-                _ATTEMPTS > bindparam("max_attempts", type_=Integer),
-                Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED,
-            ),
-            else_=Status.ENQUEUED,
-        ),
-        executor_id=None,
-        recovery_attempts=_ATTEMPTS,
-        publish_count=0,
-        updated_at=now(),
-    )
-    .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
+# the workers that stopped heartbeating (marked dead by a beater, silent,
+# or frozen): few, so the rows they ran or prefetched are found through the
+# indexes on executor_id and reserved_by, whatever the number of live rows
+_DEAD = select(workers.c.id).where(
+    workers.c.last_heartbeat <= now() - seconds(bindparam("timeout", type_=Float))
 )
-_RECOVER_PREFETCHED = (
-    update(wf)
-    .where(
-        wf.c.status == Status.ENQUEUED,
-        wf.c.reserved_by.is_not(None),
-        ~live_worker(wf.c.reserved_by),
+
+
+def _recover_dead(owned: Any) -> Any:
+    return (
+        update(wf)
+        .where(wf.c.status == Status.PENDING, owned)
+        .values(
+            status=case(
+                (
+                    _ATTEMPTS > bindparam("max_attempts", type_=Integer),
+                    Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED,
+                ),
+                else_=Status.ENQUEUED,
+            ),
+            executor_id=None,
+            recovery_attempts=_ATTEMPTS,
+            publish_count=0,
+            updated_at=now(),
+        )
+        .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
     )
-    .values(reserved_by=None, updated_at=now())
-    .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
+
+
+def _recover_prefetched(reserved: Any) -> Any:
+    return (
+        update(wf)
+        .where(wf.c.status == Status.ENQUEUED, reserved)
+        .values(reserved_by=None, updated_at=now())
+        .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
+    )
+
+
+# every pass: the dead workers (usually none), then the rows they ran or
+# prefetched, by index; and PENDING rows with no executor (freed by a kill
+# marker)
+_DEAD_IDS = bindparam("dead", type_=ARRAY(Text))
+_RECOVER_DEAD = _recover_dead(in_list(wf.c.executor_id, _DEAD_IDS))
+_RECOVER_UNOWNED = _recover_dead(wf.c.executor_id.is_(None))
+_RECOVER_PREFETCHED = _recover_prefetched(in_list(wf.c.reserved_by, _DEAD_IDS))
+# now and then (a full pass): also rows whose worker has no row at all (it
+# was forgotten, or removed itself while a run of it was still recorded)
+_RECOVER_ORPHANED = _recover_dead(~live_worker(wf.c.executor_id))
+_RECOVER_ORPHANED_PREFETCHED = _recover_prefetched(
+    and_(wf.c.reserved_by.is_not(None), ~live_worker(wf.c.reserved_by))
 )
 # ENQUEUED rows that no worker has received for a long while (STALE times
 # enqueued_timeout, with backoff): the last resort for a message lost in a
@@ -311,10 +334,44 @@ def publish_failed(ex: Executor, workflow_ids: list[str], enqueued_timeout: floa
 
 _WAKE_DUE = (
     update(wf)
-    .where(wf.c.status == Status.WAITING, or_(wf.c.wake_at <= now(), awaited_ready(wf)))
+    .where(wf.c.status == Status.WAITING, wf.c.wake_at <= now())
     .values(**WAKE_VALUES)
     .returning(wf.c.id, wf.c.name, literal(WOKEN, Text), wf.c.queue)
 )
+# the readiness check (what a parked row waits for exists) is a safety net:
+# the writer wakes the rows parked on its key and a park looks once more
+# after its commit. It costs index lookups per parked row, so the sweep does
+# it a page of parked rows at a time, in id order, round and round.
+READY_PAGE = 500
+_PARKED_PAGE = (
+    select(wf.c.id)
+    .where(wf.c.status == Status.WAITING, wf.c.id > bindparam("after", type_=Text))
+    .order_by(wf.c.id)
+    .limit(bindparam("n", type_=Integer))
+)
+_WAKE_READY = (
+    update(wf)
+    .where(
+        in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))),
+        wf.c.status == Status.WAITING,
+        awaited_ready(wf),
+    )
+    .values(**WAKE_VALUES)
+    .returning(wf.c.id, wf.c.name, literal(WOKEN, Text), wf.c.queue)
+)
+
+
+def wake_ready_page(ex: Executor, after: str, n: int = READY_PAGE) -> tuple[list[Recovered], str]:
+    """Wake the parked rows of the next page (ids after ``after``) whose
+    awaited message, event or outcome exists; (them, the cursor for the next
+    page: '' to start over)."""
+    ids = [r[0] for r in ex.rows(_PARKED_PAGE, {"after": after, "n": n})]
+    if not ids:
+        return [], ""
+    woken = [Recovered(*r) for r in ex.rows(_WAKE_READY, {"ids": ids})]
+    return woken, ids[-1] if len(ids) == n else ""
+
+
 _FORGET_WORKERS = delete(workers).where(workers.c.last_heartbeat < now() - seconds(86400.0))
 _FORGET_NAMES = delete(worker_workflows).where(
     ~exists(select(literal(1)).where(workers.c.id == worker_workflows.c.worker_id))
@@ -327,6 +384,7 @@ def sweep(
     worker_timeout: float,
     max_recovery_attempts: int,
     enqueued_timeout: float,
+    full: bool = True,
 ) -> list[Recovered] | None:
     """One recovery pass; None when another process holds the sweep lock.
 
@@ -334,23 +392,31 @@ def sweep(
     with status CANCELLED, so that their waiters can be woken). Then returns
     the workflows to publish again: PENDING ones whose executor
     stopped heartbeating (now ENQUEUED, or MAX_RECOVERY_ATTEMPTS_EXCEEDED),
-    parked (WAITING) ones whose wake time passed or whose awaited message,
-    event or workflow outcome exists (now ENQUEUED, returned as WOKEN),
+    parked (WAITING) ones whose wake time passed (now ENQUEUED, returned as
+    WOKEN; those whose awaited message, event or outcome exists are found a
+    page at a time by ``wake_ready_page``),
     ENQUEUED ones prefetched by a worker that died, and, as a last resort,
     ENQUEUED ones no worker has received for STALE times enqueued_timeout
     (with exponential backoff). The usual way back for a lost message is
     ``republish_drained``: the sweeper asks the broker when a queue is empty.
+    The rows of dead workers are found through the dead workers (few); a
+    ``full`` pass also finds rows whose worker has no row at all.
     """
     if not ex.first(_SWEEP_LOCK, {"lock": sweep_lock(schema)})[0]:
         return None
     live = {"timeout": worker_timeout}
-    found = [
-        *ex.rows(_CANCEL_EXPIRED),
-        *ex.rows(_WAKE_DUE),
-        *ex.rows(_RECOVER_DEAD, {**live, "max_attempts": max_recovery_attempts}),
-        *ex.rows(_RECOVER_PREFETCHED, live),
-        *ex.rows(_REPUBLISH_UNRECEIVED, {"grace": enqueued_timeout}),
-    ]
+    found = [*ex.rows(_CANCEL_EXPIRED), *ex.rows(_WAKE_DUE)]
+    recover = {**live, "max_attempts": max_recovery_attempts}
+    if full:
+        found += ex.rows(_RECOVER_ORPHANED, recover)
+        found += ex.rows(_RECOVER_ORPHANED_PREFETCHED, live)
+    else:
+        found += ex.rows(_RECOVER_UNOWNED, recover)
+        dead = [r[0] for r in ex.rows(_DEAD, live)]
+        if dead:
+            found += ex.rows(_RECOVER_DEAD, {**recover, "dead": dead})
+            found += ex.rows(_RECOVER_PREFETCHED, {"dead": dead})
+    found += ex.rows(_REPUBLISH_UNRECEIVED, {"grace": enqueued_timeout})
     if ex.count(_FORGET_WORKERS):  # workers silent for a day, and their names
         ex.count(_FORGET_NAMES)
     return [Recovered(*r) for r in found]
