@@ -10,7 +10,8 @@ the collection, and after a plain VACUUM (which makes the space reusable
 but returns only the end of each file to the system), the seconds per
 10,000 deleted, and the latency of durable steps (one workflow run inline
 in this process) next to a bare INSERT + COMMIT, before and while the
-collection runs.
+collection runs, and of send -> recv wakeups (messages 5 ms apart to a
+workflow waiting on a `celery worker`, prefork -c 2), before and during.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._app import build  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     BareInsert,
+    Worker,
     app_env,
-    drop_schema,
+    clean_up,
     machine,
     ms,
     new_schema,
@@ -36,6 +38,7 @@ from benchmarks._common import (  # noqa: E402
     sql,
     table,
 )
+from benchmarks.messaging import wakeup_latencies  # noqa: E402
 from dbos_celery import retention  # noqa: E402
 
 N = int(os.environ.get("BENCH_GC_WORKFLOWS", 100_000))
@@ -102,7 +105,9 @@ def latencies(ns: object, schema: str, until: threading.Event | None, n: int) ->
 
 def main() -> None:
     schema = new_schema()
-    ns = build(app_env(schema, f"{schema}_q"))
+    env = app_env(schema, f"{schema}_q")
+    ns = build(env)
+    worker = None
     try:
         ns.durable.migrate()
         print(f"dbos_celery retention benchmark (schema {schema}, {N} workflows)", flush=True)
@@ -111,6 +116,8 @@ def main() -> None:
         print(f"  filled in {time.perf_counter() - t0:.1f} s", flush=True)
         before = sizes(schema)
         quiet_steps, quiet_bares = latencies(ns, schema, None, 300)
+        worker = Worker(env, ns.queue).wait_ready(ns.app)
+        quiet_wakeups = wakeup_latencies(ns, schema, "recv-quiet", 200, lambda: 0.005)
 
         done = threading.Event()
         marks: list[tuple[float, int]] = []
@@ -127,6 +134,7 @@ def main() -> None:
 
         gc = threading.Thread(target=collect)
         gc.start()
+        busy_wakeups = wakeup_latencies(ns, schema, "recv-busy", 200, lambda: 0.005)
         busy_steps, busy_bares = latencies(ns, schema, done, 0)
         gc.join()
         after = sizes(schema)
@@ -148,7 +156,7 @@ def main() -> None:
             ("per 10,000 deleted", f"{per:.2f} s"),
             ("bytes per workflow (before)", f"{sum(b for _, b in before.values()) / N:.0f} B"),
         ])  # fmt: skip
-        table("latency seen by a workflow running meanwhile (steps 5 ms apart, inline)", [
+        table("latency seen meanwhile (steps 5 ms apart, inline; messages 5 ms apart)", [
             ("", "p50", "p99", "n"),
             ("durable step, before", ms(pct(quiet_steps, 50)), ms(pct(quiet_steps, 99)),
              str(len(quiet_steps))),
@@ -158,10 +166,13 @@ def main() -> None:
              str(len(quiet_bares))),
             ("bare INSERT+COMMIT, during gc", ms(pct(busy_bares, 50)), ms(pct(busy_bares, 99)),
              str(len(busy_bares))),
+            ("send -> recv wakeup, before", ms(pct(quiet_wakeups, 50)),
+             ms(pct(quiet_wakeups, 99)), str(len(quiet_wakeups))),
+            ("send -> recv wakeup, during gc", ms(pct(busy_wakeups, 50)),
+             ms(pct(busy_wakeups, 99)), str(len(busy_wakeups))),
         ])  # fmt: skip
     finally:
-        ns.durable.close()
-        drop_schema(schema)
+        clean_up(worker, [ns], schema)
 
 
 if __name__ == "__main__":
