@@ -13,9 +13,10 @@ its message is really gone: its queue was seen empty (the broker is asked,
 worker has it. A long but healthy queue is left alone, whatever its length;
 as a last resort (a message lost in a queue that never drains) rows
 unreceived for ten times ``enqueued_timeout`` are published again, with
-backoff. Every few seconds it also reports
-workflows no live worker has registered, and every minute it forgets the
-keys of send() calls older than an hour.
+backoff.
+
+Every few seconds it also reports workflows no live worker has registered,
+and every minute it forgets the keys of send() calls older than an hour.
 """
 
 from __future__ import annotations
@@ -73,13 +74,13 @@ class Sweeper:
         depths: Callable[[str | None], int | None],
     ) -> None:
         self.store = store
+        self.settings = settings
+        self.notifier = notifier
+        self.publish = publish
         self.depths = depths  # messages in a queue (None: unknown)
         self._empty: dict[str, list[float]] = {}  # queue -> monotonic times seen empty
         self._ready_after = ""  # the cursor of the pages of parked rows
         self._passes = 0
-        self.settings = settings
-        self.notifier = notifier
-        self.publish = publish
         self._names_due = 0.0  # monotonic: next look for unregistered workflows
         self._prune_due = 0.0  # monotonic: next prune of send() call keys
         self._reported: set[str] = set()
