@@ -10,10 +10,10 @@ nor relies on acks_late.
 An enqueued workflow that no worker has received is re-published only when
 its message is really gone: its queue was seen empty (the broker is asked,
 ``broker.py``) a little while after the row was published, and still no
-worker has it. A long but healthy queue is left alone, whatever its length;
-as a last resort (a message lost in a queue that never drains) rows
-unreceived for ten times ``enqueued_timeout`` are published again, with
-backoff.
+worker has it. A long but healthy queue is left alone, whatever its length
+and age (a message lost in a queue that never drains waits for it to). When
+the broker cannot be asked, rows unreceived for ``enqueued_timeout`` are
+published again, with exponential backoff.
 
 Every few seconds it also reports workflows no live worker has registered,
 and every minute it forgets the keys of send() calls older than an hour.
@@ -156,7 +156,11 @@ class Sweeper:
         lost: list[Recovered] = []
         self._empty = {q: self._empty.get(q, []) for q in queues}
         for queue, seen in self._empty.items():
-            if self.depths(queue or None) == 0:
+            depth = self.depths(queue or None)
+            if depth is None:  # the broker cannot say: by age, with backoff
+                lost += self.store.now(workers.republish_unreceived, queue, s.enqueued_timeout)
+                continue
+            if depth == 0:
                 seen.append(now)
             vouching = [t for t in seen if now - t >= slack]
             if not vouching:

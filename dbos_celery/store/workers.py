@@ -256,26 +256,37 @@ _RECOVER_ORPHANED = _recover_dead(~live_worker(wf.c.executor_id))
 _RECOVER_ORPHANED_PREFETCHED = _recover_prefetched(
     and_(wf.c.reserved_by.is_not(None), ~live_worker(wf.c.reserved_by))
 )
-# ENQUEUED rows that no worker has received for a long while (STALE times
-# enqueued_timeout, with backoff): the last resort for a message lost in a
-# queue that never drains. The usual way back is the drain rule below.
-STALE = 10.0
-_BACKOFF = seconds(bindparam("grace", type_=Float) * STALE * pow2(least(wf.c.publish_count, 10)))
 _UNRECEIVED = (
     wf.c.status == Status.ENQUEUED,
     wf.c.reserved_by.is_(None),
     wf.c.updated_at < now() - seconds(bindparam("grace", type_=Float)),
 )
-_REPUBLISH_UNRECEIVED = (
-    update(wf)
-    .where(*_UNRECEIVED, wf.c.updated_at < now() - _BACKOFF)
-    .values(publish_count=wf.c.publish_count + 1, updated_at=now())
-    .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
-)
 # the queues ('' for the default queue) of rows no worker has received
 # within enqueued_timeout
 _QUEUE = func.coalesce(wf.c.queue, "")
 _UNRECEIVED_QUEUES = select(_QUEUE).where(*_UNRECEIVED).distinct().limit(100)
+# when the broker cannot say how many messages a queue holds: the rows of
+# that queue unreceived within enqueued_timeout, with exponential backoff
+_BACKOFF = seconds(bindparam("grace", type_=Float) * pow2(least(wf.c.publish_count, 10)))
+_REPUBLISH_UNRECEIVED = (
+    update(wf)
+    .where(
+        *_UNRECEIVED,
+        _QUEUE == bindparam("queue", type_=Text),
+        wf.c.updated_at < now() - _BACKOFF,
+    )
+    .values(publish_count=wf.c.publish_count + 1, updated_at=now())
+    .returning(wf.c.id, wf.c.name, wf.c.status, wf.c.queue)
+)
+
+
+def republish_unreceived(ex: Executor, queue: str, enqueued_timeout: float) -> list[Recovered]:
+    """The broker cannot be asked about ``queue``: its rows unreceived within
+    enqueued_timeout (then with exponential backoff), to publish again."""
+    params = {"queue": queue, "grace": enqueued_timeout}
+    return [Recovered(*r) for r in ex.rows(_REPUBLISH_UNRECEIVED, params)]
+
+
 # rows of a queue that has been seen empty ``age`` seconds ago, published
 # before that and still not received by any worker: their message is gone
 _REPUBLISH_DRAINED = (
@@ -320,8 +331,7 @@ _PUBLISH_FAILED = (
     )
     .values(
         publish_count=_FEWER,
-        updated_at=now()
-        - seconds(bindparam("grace", type_=Float) * STALE * pow2(least(_FEWER, 10)) + 1.0),
+        updated_at=now() - seconds(bindparam("grace", type_=Float) * pow2(least(_FEWER, 10)) + 1.0),
     )
 )
 
@@ -395,10 +405,10 @@ def sweep(
     parked (WAITING) ones whose wake time passed (now ENQUEUED, returned as
     WOKEN; those whose awaited message, event or outcome exists are found a
     page at a time by ``wake_ready_page``),
-    ENQUEUED ones prefetched by a worker that died, and, as a last resort,
-    ENQUEUED ones no worker has received for STALE times enqueued_timeout
-    (with exponential backoff). The usual way back for a lost message is
-    ``republish_drained``: the sweeper asks the broker when a queue is empty.
+    and ENQUEUED ones prefetched by a worker that died. A message lost
+    before any worker received it is found by the sweeper, which asks the
+    broker: ``republish_drained`` (the queue was seen empty), or
+    ``republish_unreceived`` (the broker cannot say).
     The rows of dead workers are found through the dead workers (few); a
     ``full`` pass also finds rows whose worker has no row at all.
     """
@@ -416,7 +426,6 @@ def sweep(
         if dead:
             found += ex.rows(_RECOVER_DEAD, {**recover, "dead": dead})
             found += ex.rows(_RECOVER_PREFETCHED, {"dead": dead})
-    found += ex.rows(_REPUBLISH_UNRECEIVED, {"grace": enqueued_timeout})
     if ex.count(_FORGET_WORKERS):  # workers silent for a day, and their names
         ex.count(_FORGET_NAMES)
     return [Recovered(*r) for r in found]
