@@ -18,6 +18,7 @@ from celery import Celery
 from celery.utils.imports import gen_task_name
 
 from . import config, context, management, messaging, retention, runner
+from .aio import off_loop
 from .calls.dispatch import Dispatcher, TaskCall
 from .calls.outcome import Outcomes
 from .celery_hooks import CeleryHooks, time_limit
@@ -235,8 +236,26 @@ class Durable:
         idempotency_key: str | None = None,
     ) -> None:
         """Store ``message`` for workflow ``destination_id``. From a workflow:
-        exactly once across replays. From outside: once per idempotency key."""
+        exactly once across replays. From outside: exactly once per call, and
+        once per idempotency key however often the call is retried."""
         messaging.send(self.services, destination_id, message, topic, idempotency_key)
+
+    async def asend(
+        self,
+        destination_id: str,
+        message: Any,
+        topic: str | None = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """``send`` for an event loop: awaitable, never blocks the loop (a send
+        that retries through a database outage waits in a thread)."""
+        await off_loop("asend", self.send, destination_id, message, topic,
+                       idempotency_key=idempotency_key)  # fmt: skip
+
+    async def aget_event(self, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
+        """``get_event`` for an event loop: awaitable, never blocks the loop."""
+        return await off_loop("aget_event", self.get_event, workflow_id, key, timeout)
 
     def get_event(self, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
         """The value of a workflow's event, waiting up to ``timeout`` for it."""

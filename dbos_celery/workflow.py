@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import context, parking
+from .aio import off_loop
 from .checkpoint import checkpointed, durable_deadline, record, replayed, write_checkpoint
 from .errors import (
     ConflictingWorkflowIdError,
@@ -99,6 +100,15 @@ class WorkflowHandle(Generic[R]):
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r})"
+
+    async def aresult(self, timeout: float | None = None) -> R:
+        """``result`` for an event loop: awaitable, never blocks the loop (the
+        wait holds a thread of the loop's default executor)."""
+        return await off_loop("aresult", self.result, timeout)
+
+    async def astatus(self) -> WorkflowStatus:
+        """``status`` for an event loop."""
+        return await off_loop("astatus", self.status)
 
     def status(self) -> WorkflowStatus:
         sv = self.sv
@@ -237,6 +247,17 @@ class Workflow(Generic[P, R]):
         if inserted:
             self.sv.publish(workflow_id, self.name, queue)
         return WorkflowHandle(self.sv, workflow_id)
+
+    async def astart(
+        self,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> WorkflowHandle[R]:
+        """``start`` for an event loop: awaitable, never blocks the loop."""
+        return await off_loop("astart", self.start, *args, workflow_id=workflow_id,
+                              timeout=timeout, **kwargs)  # fmt: skip
 
     def _queue(self) -> str | None:
         """The queue this workflow's task is routed to from here (recorded
