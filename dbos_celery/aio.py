@@ -1,7 +1,7 @@
 """Awaitable forms for producers on an event loop (FastAPI, Starlette,
 aiohttp): ``await durable.asend(...)``, ``await wf.astart(...)``, ``await
 handle.aresult(...)``, ``await handle.astatus()``, ``await
-durable.aget_event(...)``.
+durable.aget_event(...)``, ``await durable.aretrieve(...)``.
 
 Each runs the one synchronous path in a thread (``asyncio.to_thread``, the
 loop's default executor), so the loop never blocks, not even while a call

@@ -261,7 +261,12 @@ class Durable:
         """The value of a workflow's event, waiting up to ``timeout`` for it."""
         return messaging.get_event(self.services, workflow_id, key, timeout)
 
+    async def aretrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """``retrieve`` for an event loop: awaitable, never blocks the loop."""
+        return await off_loop("aretrieve", self.retrieve, workflow_id)
+
     def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
+        """A handle to an existing workflow (NonExistentWorkflowError if none)."""
         check_id(workflow_id, "workflow_id")
         if not self.services.store.now(workflows.workflow_exists, workflow_id):
             raise NonExistentWorkflowError(workflow_id)
