@@ -100,8 +100,17 @@ def _v9(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v10(conn: Connection) -> None:
+    """The live rows with a deadline, for the sweep."""
+    for index in workflows.indexes:
+        if index.name == "ix_workflows_live_deadline":
+            index.create(conn, checkfirst=True)
+
+
 # index i holds the migration to version i + 1; append, never edit
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9]
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10,
+]  # fmt: skip
 LATEST_VERSION = len(MIGRATIONS)
 
 

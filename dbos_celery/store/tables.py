@@ -41,6 +41,9 @@ schema_version = Table(
 _WAITING = text("status = 'WAITING'")
 _PENDING = text("status = 'PENDING'")
 _ENQUEUED = text("status = 'ENQUEUED'")
+_LIVE_DEADLINE = text(
+    "deadline IS NOT NULL AND (status = 'ENQUEUED' OR status = 'PENDING' OR status = 'WAITING')"
+)
 
 workflows = Table(
     "workflows",
@@ -96,6 +99,13 @@ workflows = Table(
         "reserved_by",
         postgresql_where=_ENQUEUED,
         sqlite_where=_ENQUEUED,
+    ),
+    # live rows with a deadline: the sweep cancels those past it (v10)
+    Index(
+        "ix_workflows_live_deadline",
+        "deadline",
+        postgresql_where=_LIVE_DEADLINE,
+        sqlite_where=_LIVE_DEADLINE,
     ),  # fmt: skip
 )
 
