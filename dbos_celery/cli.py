@@ -18,7 +18,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
@@ -48,14 +48,22 @@ def _iso(value: str) -> datetime:
     return got if got.tzinfo is not None else got.replace(tzinfo=timezone.utc)
 
 
-def _step(value: str) -> int:
-    try:
-        got = int(value)
-    except ValueError:
-        got = -1
-    if got < 0:
-        raise argparse.ArgumentTypeError(f"a step number >= 0 expected, got {value!r}")
-    return got
+def _natural(what: str) -> Callable[[str], int]:
+    """An argument type: an int >= 0, refused as ``what``."""
+
+    def parse(value: str) -> int:
+        try:
+            got = int(value)
+        except ValueError:
+            got = -1
+        if got < 0:
+            raise argparse.ArgumentTypeError(f"{what} >= 0 expected, got {value!r}")
+        return got
+
+    return parse
+
+
+_step, _count = _natural("a step number"), _natural("a count")
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -73,16 +81,6 @@ def _duration(value: str) -> float:
         raise argparse.ArgumentTypeError(
             f"a duration like 90s, 15m, 12h or 7d expected, got {value!r}"
         )
-    return got
-
-
-def _count(value: str) -> int:
-    try:
-        got = int(value)
-    except ValueError:
-        got = -1
-    if got < 0:
-        raise argparse.ArgumentTypeError(f"a count >= 0 expected, got {value!r}")
     return got
 
 
