@@ -234,11 +234,16 @@ class Durable:
         topic: str | None = None,
         *,
         idempotency_key: str | None = None,
+        connection: Any = None,
     ) -> None:
         """Store ``message`` for workflow ``destination_id``. From a workflow:
         exactly once across replays. From outside: exactly once per call, and
-        once per idempotency key however often the call is retried."""
-        messaging.send(self.services, destination_id, message, topic, idempotency_key)
+        once per idempotency key however often the call is retried.
+        ``connection`` (as for ``Workflow.start``): store it in that
+        connection's open transaction; delivered once that commits, never if
+        it rolls back."""
+        messaging.send(self.services, destination_id, message, topic, idempotency_key,
+                       connection)  # fmt: skip
 
     async def asend(
         self,

@@ -12,8 +12,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import context, parking
+from .aftercommit import after_commit
 from .checkpoint import checkpointed, durable_deadline, record, replayed, write_checkpoint
-from .errors import MessageTooLargeError, NonExistentWorkflowError, SendFromStepError
+from .errors import (
+    InvalidArgumentError,
+    MessageTooLargeError,
+    NonExistentWorkflowError,
+    SendFromStepError,
+)
 from .keys import (
     DEADLINE,
     GET_EVENT,
@@ -26,7 +32,7 @@ from .keys import (
     sleep_key,
 )
 from .status import Status
-from .store import messages, workflows
+from .store import caller, messages, workflows
 from .validation import check_id, check_timeout, check_topic
 from .waiting import Wait, wait_for
 
@@ -50,6 +56,7 @@ def send(
     message: Any,
     topic: str | None = None,
     idempotency_key: str | None = None,
+    connection: Any = None,
 ) -> None:
     check_id(destination_id, "destination_id")
     t = check_topic(topic)
@@ -60,6 +67,13 @@ def send(
     if ctx is not None and ctx.in_step and idempotency_key is None:
         raise SendFromStepError(destination_id)
     status: str | None
+    if connection is not None:
+        if ctx is not None and not ctx.in_step:
+            raise InvalidArgumentError(
+                "connection= is for producers: a workflow's send is a checkpoint of its own"
+            )
+        _send_in(sv, connection, destination_id, t, payload, idempotency_key)
+        return
     if ctx is None or ctx.in_step:
         status = _send_outside(sv, destination_id, t, payload, idempotency_key)
     else:
@@ -77,13 +91,36 @@ def _send_outside(
     (wake it if parked) when an earlier try of this call, or a send with the
     same key, had stored it already: that one may not have woken it."""
     call = None if idempotency_key is not None else messages.call_key()
-    status = sv.store.now(messages.insert_message, destination_id, topic, payload,
-                          idempotency_key, call)  # fmt: skip
-    if status is None:
+    got = sv.store.now(messages.insert_message, destination_id, topic, payload,
+                       idempotency_key, call)  # fmt: skip
+    if got is None:
         if not sv.store.now(workflows.workflow_exists, destination_id):
             raise NonExistentWorkflowError(destination_id)
         return Status.WAITING
-    return status
+    return got[1]
+
+
+def _send_in(
+    sv: Services,
+    connection: Any,
+    destination_id: str,
+    topic: str,
+    payload: bytes,
+    idempotency_key: str | None,
+) -> None:
+    """Store the message in the caller's transaction; wake its recv once that
+    commits. A key used before stores nothing, as outside."""
+    tx = caller.transaction_of(sv.store, connection)
+    got = caller.write(tx, sv.store, messages.insert_message, destination_id, topic, payload,
+                       idempotency_key)  # fmt: skip
+    if got is None:
+        if not caller.write(tx, sv.store, workflows.workflow_exists, destination_id):
+            raise NonExistentWorkflowError(destination_id)
+        return
+    message_id, status = got
+    key, parked = mailbox_key(destination_id, topic), status == Status.WAITING
+    after_commit(sv.after_commit(), tx.autocommit, tx.hook, messages.visible_messages,
+                 message_id, lambda: parking.announce(sv, key, parked=parked))  # fmt: skip
 
 
 def _send_inside(
@@ -111,7 +148,7 @@ def _send_inside(
             # destination exists by then (no message is stored)
             error = sv.codec.dumps_error(missing)
         write_checkpoint(ex, ctx, seq, SEND, None, error)
-        return None if error is not None else got or ""
+        return None if error is not None else got[1] if got is not None else ""
 
     status = checkpointed(sv, ctx, tx, transaction=True)
     if status is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from .aftercommit import AfterCommit
 from .config import Settings
 from .recovery.heartbeat import ProcessRuntime
 from .recovery.liveness import Liveness
@@ -29,7 +30,7 @@ class Services:
 
     __slots__ = (
         "store", "notifier", "codec", "settings", "publish", "registered", "slots", "liveness",
-        "_runtime",
+        "_runtime", "_after_commit",
     )  # fmt: skip
 
     def __init__(
@@ -52,6 +53,7 @@ class Services:
         # the worker's beater (set up by the worker's hooks; none elsewhere)
         self.liveness = Liveness(store, settings)
         self._runtime: ProcessRuntime | None = None
+        self._after_commit: AfterCommit | None = None
 
     def runtime(self) -> ProcessRuntime:
         """This process's runtime (made anew in a forked child)."""
@@ -63,13 +65,24 @@ class Services:
             )  # fmt: skip
         return rt
 
+    def after_commit(self) -> AfterCommit:
+        """What this process does once callers' transactions commit (made
+        anew in a forked child)."""
+        ac = self._after_commit
+        if ac is None or ac.pid != os.getpid():
+            ac = self._after_commit = AfterCommit(self.store)
+        return ac
+
     def current_runtime(self) -> ProcessRuntime | None:
         """This process's runtime if it made one (None: it runs nothing)."""
         rt = self._runtime
         return rt if rt is not None and rt.pid == os.getpid() else None
 
     def stop_runtime(self) -> None:
-        """Stop this process's runtime, if it made one."""
+        """Stop this process's runtime and after-commit thread, if it made them."""
         rt, self._runtime = self._runtime, None
         if rt is not None and rt.pid == os.getpid():
             rt.stop()
+        ac, self._after_commit = self._after_commit, None
+        if ac is not None and ac.pid == os.getpid():
+            ac.stop()

@@ -15,11 +15,13 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import context, parking
+from .aftercommit import after_commit
 from .aio import off_loop
 from .checkpoint import checkpointed, durable_deadline, record, replayed, write_checkpoint
 from .errors import (
     ConflictingWorkflowIdError,
     DatabaseUnavailableError,
+    InvalidArgumentError,
     NonExistentWorkflowError,
     ResultTimeoutError,
     WorkflowFailedError,
@@ -27,7 +29,7 @@ from .errors import (
 from .keys import DEADLINE, RESULT, START_PREFIX, done_key
 from .routing import queue_of
 from .status import FINAL, Status
-from .store import workers, workflows
+from .store import caller, workers, workflows
 from .validation import check_id, check_timeout
 from .waiting import Wait, wait_for
 
@@ -225,6 +227,7 @@ class Workflow(Generic[P, R]):
         *args: Any,
         workflow_id: str | None = None,
         timeout: float | None = None,
+        connection: Any = None,
         **kwargs: Any,
     ) -> WorkflowHandle[R]:
         """Commit the workflow row, then publish its Celery message.
@@ -236,17 +239,76 @@ class Workflow(Generic[P, R]):
         ``timeout`` (seconds; default: the decorator's ``timeout``) sets a
         deadline counted from now, queueing included: past it the workflow is
         cancelled, and so are its children (a child inherits its parent's
-        deadline when that is earlier). Like ``workflow_id``, the keyword
-        belongs to ``start``: pass a workflow argument named ``timeout``
-        positionally.
+        deadline when that is earlier).
+
+        ``connection`` (a SQLAlchemy Connection or Session, a psycopg 3
+        Connection, or a Django connection, on the Durable's Postgres
+        database): write the row in that connection's open transaction; the
+        workflow runs once it commits, and never if it rolls back.
+
+        ``workflow_id``, ``timeout`` and ``connection`` belong to ``start``:
+        for a workflow with a parameter of one of those names, use
+        ``start_with``.
         """
+        return self.start_with(args, kwargs, workflow_id=workflow_id, timeout=timeout,
+                               connection=connection)  # fmt: skip
+
+    def start_with(
+        self,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        workflow_id: str | None = None,
+        timeout: float | None = None,
+        connection: Any = None,
+    ) -> WorkflowHandle[R]:
+        """``start`` with the workflow's arguments given apart, as Celery's
+        ``apply_async(args, kwargs, ...)``: any parameter name is free."""
+        if not isinstance(args, (tuple, list)):
+            raise InvalidArgumentError(f"args must be a tuple or list, got {type(args).__name__}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise InvalidArgumentError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         check_timeout(timeout, allow_none=True)
         timeout = self.timeout if timeout is None else timeout
         queue = self._queue()
-        workflow_id, inserted = self._create(args, kwargs, workflow_id, timeout, queue)
+        if connection is not None:
+            return self._start_in(connection, args, kwargs or {}, workflow_id, timeout, queue)
+        workflow_id, inserted = self._create(args, kwargs or {}, workflow_id, timeout, queue)
         if inserted:
             self.sv.publish(workflow_id, self.name, queue)
         return WorkflowHandle(self.sv, workflow_id)
+
+    def _start_in(
+        self,
+        connection: Any,
+        args: Any,
+        kwargs: dict[str, Any],
+        workflow_id: str | None,
+        timeout: float | None,
+        queue: str | None,
+    ) -> WorkflowHandle[R]:
+        """Write the row in the caller's transaction; publish after its commit."""
+        sv = self.sv
+        ctx = context.current()
+        if ctx is not None and not ctx.in_step:
+            raise InvalidArgumentError(
+                "connection= is for producers: inside a workflow, start a child without it "
+                "(its start is a checkpoint of the parent)"
+            )
+        if workflow_id is not None:
+            check_id(workflow_id, "workflow_id")
+        inputs = self._inputs(args, kwargs)
+        tx = caller.transaction_of(sv.store, connection)
+        wid = workflow_id or str(uuid.uuid4())
+        if caller.write(tx, sv.store, self._insert, wid, inputs, queue, None, timeout):
+            after_commit(sv.after_commit(), tx.autocommit, tx.hook, workflows.visible_workflows,
+                         wid, lambda: sv.publish(wid, self.name, queue))  # fmt: skip
+        return WorkflowHandle(sv, wid)
+
+    def _inputs(self, args: Any, kwargs: dict[str, Any]) -> bytes:
+        return self.sv.codec.dumps(
+            {"args": list(args), "kwargs": kwargs}, f"inputs of workflow {self.name!r}"
+        )
 
     async def astart(
         self,
@@ -281,9 +343,7 @@ class Workflow(Generic[P, R]):
         sv = self.sv
         if workflow_id is not None:
             check_id(workflow_id, "workflow_id")
-        inputs = sv.codec.dumps(
-            {"args": list(args), "kwargs": kwargs}, f"inputs of workflow {self.name!r}"
-        )
+        inputs = self._inputs(args, kwargs)
         ctx = context.current()
         if ctx is None or ctx.in_step:
             generated = workflow_id is None

@@ -7,10 +7,22 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from sqlalchemy import Float, Text, and_, bindparam, exists, literal, or_, select, update
+from sqlalchemy import (
+    Float,
+    Text,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from ..status import LIVE, Status
 from .dialect import async_commit, now, seconds
+from .engine import Executor
 from .tables import workers
 from .tables import workflows as wf
 
@@ -107,3 +119,12 @@ def cancel_live(condition: Any, *returning: Any) -> Any:
         .values(status=Status.CANCELLED, wake_at=None, waiting_for=None, updated_at=now())
         .returning(*returning)
     )
+
+
+_IDENTITY = select(func.current_database(), func.pg_postmaster_start_time())
+
+
+def database_identity(ex: Executor) -> tuple[Any, ...]:
+    """Which Postgres database a session is on: its name and its server's
+    start time (a caller's connection must be on the Durable's)."""
+    return tuple(ex.first(_IDENTITY))

@@ -37,7 +37,14 @@ import psycopg
 from psycopg import errors as pg_errors
 from sqlalchemy import Engine, NullPool, create_engine, event
 
-__all__ = ["Database", "Engine", "Executor", "check_database_url", "is_engine"]
+__all__ = [
+    "DBAPIConnection",
+    "Database",
+    "Engine",
+    "Executor",
+    "check_database_url",
+    "is_engine",
+]
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -323,6 +330,15 @@ class Database:
                 return fn(Executor(conn, self), *args)
 
         return self._attempt(body)
+
+    def joined(self, conn: DBAPIConnection) -> Executor:
+        """An executor on a caller's driver connection, in whatever
+        transaction it has open (no retries: a lost connection is the
+        caller's to handle). The schema is migrated first, on a connection
+        of our own."""
+        if not self._migrated and self.auto_migrate:
+            self.migrate()
+        return Executor(conn, self)
 
     @contextmanager
     def begin(self) -> Iterator[Executor]:

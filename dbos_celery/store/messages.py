@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     Integer,
     LargeBinary,
     Text,
@@ -24,9 +25,7 @@ from .common import (
     ASYNC_COMMIT,
     WID,
 )
-from .dialect import (
-    now,
-)
+from .dialect import in_list, now
 from .engine import Executor
 from .tables import call_keys, events, send_keys
 from .tables import messages as msg
@@ -112,9 +111,9 @@ def insert_message(
     payload: bytes,
     idempotency_key: str | None,
     call: str | None = None,
-) -> str | None:
-    """Store a message for an existing workflow; the destination's status
-    (WAITING: parked, to be woken). None when the destination does not exist
+) -> tuple[int, str] | None:
+    """Store a message for an existing workflow: its id and the destination's
+    status (WAITING: parked, to be woken). None when the destination does not exist
     or the key was used before (the caller's ``idempotency_key``, else the
     ``call`` key of this send() call); nothing is written then. The caller
     tells the two apart with workflow_exists."""
@@ -126,14 +125,22 @@ def insert_message(
         key_insert, keyed = _CALL_KEY_INSERT, _INSERT_CALL_MESSAGE
     else:
         row = ex.first(_INSERT_MESSAGE, params)
-        return None if row is None else str(row[1] or "")
+        return None if row is None else (int(row[0]), str(row[1] or ""))
     if ex.sqlite:
         with ex.atomic():
             stored = ex.first(key_insert, params) is not None
             row = ex.first(_INSERT_MESSAGE, params) if stored else None
     else:
         row = ex.first(keyed, params)
-    return None if row is None else str(row[1] or "")
+    return None if row is None else (int(row[0]), str(row[1] or ""))
+
+
+_VISIBLE = select(msg.c.id).where(in_list(msg.c.id, bindparam("ids", type_=ARRAY(Integer))))
+
+
+def visible_messages(ex: Executor, message_ids: list[int]) -> set[int]:
+    """Those of ``message_ids`` this session sees: committed, not consumed."""
+    return {int(r[0]) for r in ex.rows(_VISIBLE, {"ids": message_ids})}
 
 
 _OLDEST = (

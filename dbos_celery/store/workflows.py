@@ -122,6 +122,14 @@ def workflow_exists(ex: Executor, workflow_id: str) -> bool:
     return ex.first(_EXISTS, {"wid": workflow_id}) is not None
 
 
+_VISIBLE = select(wf.c.id).where(in_list(wf.c.id, bindparam("ids", type_=ARRAY(Text))))
+
+
+def visible_workflows(ex: Executor, workflow_ids: list[str]) -> set[str]:
+    """Those of ``workflow_ids`` whose rows this session sees (committed)."""
+    return {r[0] for r in ex.rows(_VISIBLE, {"ids": workflow_ids})}
+
+
 @dataclass(frozen=True)
 class WorkflowQuery:
     """Filters of list_workflows: created in [created_after, created_before)
