@@ -15,6 +15,7 @@ from .errors import (
     MessageTooLargeError,
     NonDeterministicWorkflowError,
     NonExistentWorkflowError,
+    NotInTransactionError,
     NotInWorkflowError,
     ResultTimeoutError,
     SchemaVersionError,
@@ -29,6 +30,7 @@ from .errors import (
     WorkflowNotResumableError,
 )
 from .step import Step
+from .txstep import TransactionStep
 from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "MessageTooLargeError",
     "NonDeterministicWorkflowError",
     "NonExistentWorkflowError",
+    "NotInTransactionError",
     "NotInWorkflowError",
     "ResultTimeoutError",
     "SchemaVersionError",
@@ -55,6 +58,7 @@ __all__ = [
     "StepError",
     "StepInfo",
     "TaskCall",
+    "TransactionStep",
     "Workflow",
     "WorkflowCancelledError",
     "WorkflowFailedError",

@@ -29,14 +29,17 @@ from .services import Services
 from .step import Step
 from .store import steps, workflows
 from .store.engine import Database
+from .store.pooltx import PoolTransactions
 from .store.workers import Recovered
 from .store.workflows import WorkflowQuery
+from .txstep import TransactionStep, current_connection
 from .validation import check_id, check_number, check_timeout
 from .wakeup import LocalNotifier, Notifier, RedisNotifier
 from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
 
 if TYPE_CHECKING:
     from .store.engine import Engine
+    from .txsource import TransactionSource
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -49,7 +52,9 @@ class Durable:
     Postgres in production; with none given, ``DBOS_CELERY_DATABASE_URL``
     or else a SQLite file in the working directory (one machine only).
     ``redis_url`` carries wakeup hints (None: in-process wakeups plus polling
-    every ``poll_interval`` seconds).
+    every ``poll_interval`` seconds). ``transactions``: where the
+    transactions of ``@durable.transaction()`` steps come from (default: the
+    Durable's own pool; ``dbos_celery.contrib.django`` passes Django's).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class Durable:
         call_redispatch_after: float = 60.0,
         park_after: float | None = 5.0,
         retention: float | timedelta | None = None,
+        transactions: TransactionSource | None = None,
     ) -> None:
         if not isinstance(app, Celery):
             raise ConfigurationError("Durable(app, ...) needs a celery.Celery app")
@@ -87,6 +93,7 @@ class Durable:
         )  # fmt: skip
         self.app = app
         store = Database(url, engine=engine, schema=schema, retry_timeout=database_retry_timeout)
+        self._transactions = transactions or PoolTransactions(store)
         codec = Serializer(serializer)
         notifier: Notifier = (
             RedisNotifier(redis, channel_prefix(schema)) if redis else LocalNotifier()
@@ -165,28 +172,44 @@ class Durable:
     ) -> Callable[[Callable[P, R]], Step[P, R]]:
         """A checkpointed step; retried ``max_attempts`` times, sleeping
         ``interval * backoff**n`` between attempts."""
-
-        if name is not None:
-            check_id(name, "step name")
-        check_number(interval, "interval")
-        check_number(backoff, "backoff", minimum=1.0)
-        if not (
-            isinstance(retry_on, tuple)
-            and all(isinstance(c, type) and issubclass(c, BaseException) for c in retry_on)
-        ):
-            raise InvalidArgumentError(
-                f"retry_on must be a tuple of exception types, got {retry_on!r}"
-            )
+        _check_step_options(name, interval, backoff, retry_on)
 
         def decorate(f: Callable[P, R]) -> Step[P, R]:
-            if not callable(f):
-                raise InvalidArgumentError(f"@durable.step() decorates a function, not {f!r}")
-            step_name = name or f"{f.__module__}.{f.__qualname__}"
+            step_name = _step_name("step", f, name)
             return Step(self.services, f, step_name, max_attempts, interval, backoff, retry_on)
 
         return decorate
 
+    def transaction(
+        self,
+        *,
+        name: str | None = None,
+        max_attempts: int = 1,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> Callable[[Callable[P, R]], TransactionStep[P, R]]:
+        """A step whose database writes and checkpoint commit in one
+        transaction on the Durable's database: its effect on the database
+        happens exactly once. The body reaches the transaction as
+        ``durable.connection`` (a SQLAlchemy Connection, or what the
+        Durable's ``transactions`` source gives: Django's connection)."""
+        _check_step_options(name, interval, backoff, retry_on)
+
+        def decorate(f: Callable[P, R]) -> TransactionStep[P, R]:
+            step_name = _step_name("transaction", f, name)
+            return TransactionStep(self.services, self._transactions, f, step_name,
+                                   max_attempts, interval, backoff, retry_on)  # fmt: skip
+
+        return decorate
+
     # --- inside a workflow --------------------------------------------------
+
+    @property
+    def connection(self) -> Any:
+        """The connection of the ``@durable.transaction()`` step running here
+        (NotInTransactionError elsewhere)."""
+        return current_connection()
 
     @property
     def workflow_id(self) -> str:
@@ -372,3 +395,23 @@ class Durable:
         self.services.stop_runtime()
         self.services.notifier.stop()
         self.services.store.dispose()
+
+
+def _check_step_options(
+    name: str | None, interval: float, backoff: float, retry_on: tuple[type[BaseException], ...]
+) -> None:
+    if name is not None:
+        check_id(name, "step name")
+    check_number(interval, "interval")
+    check_number(backoff, "backoff", minimum=1.0)
+    if not (
+        isinstance(retry_on, tuple)
+        and all(isinstance(c, type) and issubclass(c, BaseException) for c in retry_on)
+    ):
+        raise InvalidArgumentError(f"retry_on must be a tuple of exception types, got {retry_on!r}")
+
+
+def _step_name(decorator: str, f: Any, name: str | None) -> str:
+    if not callable(f):
+        raise InvalidArgumentError(f"@durable.{decorator}() decorates a function, not {f!r}")
+    return name or f"{f.__module__}.{f.__qualname__}"

@@ -194,6 +194,16 @@ class NotInWorkflowError(DurableError):
         )
 
 
+class NotInTransactionError(DurableError):
+    """``durable.connection`` was read outside a ``@durable.transaction()`` step."""
+
+    def message(self) -> str:
+        return (
+            "durable.connection is the connection of a @durable.transaction() step: read it "
+            "inside the body of one"
+        )
+
+
 class SendFromStepError(DurableError):
     """``send`` was called inside a step without an idempotency key."""
 

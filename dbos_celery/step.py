@@ -71,7 +71,7 @@ class Step(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         ctx = context.current()
         if ctx is None or ctx.in_step:
-            return self.fn(*args, **kwargs)  # outside a workflow: a plain call
+            return self._plain(args, kwargs)  # outside a workflow: a plain call
         sv = self.sv
         seq = ctx.next_seq()
         row = ctx.replay(seq, self.name)
@@ -82,26 +82,43 @@ class Step(Generic[P, R]):
         ctx.in_step = True
         try:
             first = 1 if killed is None else self._after_deaths(ctx.workflow_id, *killed)
-            output = self._attempts(ctx.workflow_id, args, kwargs, first)
+            output = self._attempts(ctx, seq, args, kwargs, first)
         except Exception as exc:
             ctx.in_step = False
             self._record(ctx, seq, None, sv.codec.dumps_error(exc), killed)
             raise
         finally:
             ctx.in_step = False
+        self._done(ctx, seq, output, killed)
+        return output
+
+    def _plain(self, args: Any, kwargs: Any) -> R:
+        """The step called outside a workflow (or inside another step)."""
+        return self.fn(*args, **kwargs)
+
+    def _once(self, ctx: context.WorkflowContext, seq: int, args: Any, kwargs: Any) -> R:
+        """One attempt of the body."""
+        return self.fn(*args, **kwargs)
+
+    def _done(
+        self, ctx: context.WorkflowContext, seq: int, output: R, killed: tuple[str, int] | None
+    ) -> None:
+        """Checkpoint the output of the attempt that succeeded."""
         try:
-            data = sv.codec.dumps(output, f"output of step {self.name!r}")
+            data = self.sv.codec.dumps(output, f"output of step {self.name!r}")
         except SerializationError as exc:
-            self._record(ctx, seq, None, sv.codec.dumps_error(exc), killed)
+            self._record(ctx, seq, None, self.sv.codec.dumps_error(exc), killed)
             raise
         self._record(ctx, seq, data, None, killed)
-        return output
 
     def _record(
         self, ctx: context.WorkflowContext, seq: int, output: bytes | None, error: bytes | None,
         killed: tuple[str, int] | None,
     ) -> None:  # fmt: skip
         record(self.sv, ctx, seq, self.name, output, error)
+        self._forget_deaths(ctx, killed)
+
+    def _forget_deaths(self, ctx: context.WorkflowContext, killed: tuple[str, int] | None) -> None:
         if killed is not None:  # the deaths were this step's: forget them
             self.sv.store.now(kills.clear, ctx.workflow_id, ctx.executor_id)
 
@@ -127,11 +144,14 @@ class Step(Generic[P, R]):
                     extra={"workflow_id": workflow_id})  # fmt: skip
         return attempt
 
-    def _attempts(self, workflow_id: str, args: Any, kwargs: Any, first: int = 1) -> R:
+    def _attempts(
+        self, ctx: context.WorkflowContext, seq: int, args: Any, kwargs: Any, first: int = 1
+    ) -> R:
+        workflow_id = ctx.workflow_id
         delays = backoff(self.interval, cap=float("inf"), factor=self.backoff)
         for attempt in range(first, self.max_attempts + 1):
             try:
-                return self.fn(*args, **kwargs)
+                return self._once(ctx, seq, args, kwargs)
             except self.retry_on as exc:
                 if self.max_attempts == 1:
                     raise

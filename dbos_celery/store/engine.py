@@ -397,6 +397,27 @@ def _describe(exc: BaseException) -> str:
 _UNIQUE = (pg_errors.UniqueViolation, sqlite3.IntegrityError, IntegrityError)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """An error and the driver errors it wraps (SQLAlchemy's ``orig``, a
+    framework's ``__cause__``)."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return
+        yield seen
+        seen = getattr(seen, "orig", None) or seen.__cause__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A lost connection or a busy SQLite file, however wrapped."""
+    return any(_transient(e) for e in _causes(exc))
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """A unique-key violation, however wrapped."""
+    return any(isinstance(e, _UNIQUE) for e in _causes(exc))
+
+
 def check_database_url(url: str) -> None:
     """Refuse a malformed database URL before anything connects."""
     try:
