@@ -80,6 +80,18 @@ def build(env: dict[str, str]) -> SimpleNamespace:
         m = durable.recv(timeout=600)
         return float(time.time() - m["t"])
 
+    # --- intx.py ---
+
+    @durable.workflow(name="bench.stamped")
+    def stamped(key: str) -> None:
+        """Note when its body started (epoch seconds, in Redis)."""
+        r.set(f"{counter}:began:{key}", repr(time.time()))
+
+    @app.task(name="bench.stamped_plain", ignore_result=True)
+    def stamped_plain(key: str) -> None:
+        """The same for a plain Celery task."""
+        r.set(f"{counter}:began:{key}", repr(time.time()))
+
     # --- calls.py ---
 
     @app.task(name="bench.add")
@@ -106,6 +118,7 @@ def build(env: dict[str, str]) -> SimpleNamespace:
         app=app, durable=durable, schema=schema, queue=queue, counter=counter, redis=r,
         trivial=trivial, step=step, one_step=one_step, plain=plain,
         receiver=receiver, add=add, add_durable=add_durable, caller=caller, parked=parked,
+        stamped=stamped, stamped_plain=stamped_plain,
     )  # fmt: skip
 
 
