@@ -29,6 +29,7 @@ from .errors import (
     WorkflowNotRegisteredError,
     WorkflowNotResumableError,
 )
+from .shared import SharedStep, SharedWorkflow, shared_step, shared_transaction, shared_workflow
 from .step import Step
 from .txstep import TransactionStep
 from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
@@ -54,6 +55,8 @@ __all__ = [
     "SchemaVersionError",
     "SendFromStepError",
     "SerializationError",
+    "SharedStep",
+    "SharedWorkflow",
     "Step",
     "StepError",
     "StepInfo",
@@ -67,4 +70,7 @@ __all__ = [
     "WorkflowNotRegisteredError",
     "WorkflowNotResumableError",
     "WorkflowStatus",
+    "shared_step",
+    "shared_transaction",
+    "shared_workflow",
 ]

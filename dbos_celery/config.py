@@ -4,9 +4,10 @@ before anything connects or is written."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from .errors import ConfigurationError, InvalidArgumentError
 from .store.engine import check_database_url, is_engine
@@ -78,9 +79,14 @@ def _check(s: Settings) -> None:
         raise ConfigurationError("call_redispatch_after must be > 0 (seconds)")
 
 
-def database_url(url: Any, engine: Any) -> str | None:
-    """The database URL to use: the one given, else ``DBOS_CELERY_DATABASE_URL``,
-    else the embedded SQLite file; None with a caller's ``engine``."""
+def database_url(url: Any, engine: Any) -> str | Callable[[], str] | None:
+    """The database URL to use: the one given (a function returning it is
+    called at first use), else ``DBOS_CELERY_DATABASE_URL``, else the
+    embedded SQLite file; None with a caller's ``engine``."""
+    if callable(url):
+        if engine is not None:
+            raise ConfigurationError("pass exactly one of database_url or engine")
+        return cast("Callable[[], str]", url)
     if url is not None and not isinstance(url, str):
         raise ConfigurationError(f"database_url must be a str URL, got {type(url).__name__}")
     if url:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from celery import Celery
 from celery.utils.imports import gen_task_name
 
-from . import config, context, management, messaging, retention, runner
+from . import config, context, management, messaging, retention, runner, shared
 from .aio import off_loop
 from .calls.dispatch import Dispatcher, TaskCall
 from .calls.outcome import Outcomes
@@ -48,7 +48,8 @@ R = TypeVar("R")
 class Durable:
     """Durable workflows for one Celery app.
 
-    ``database_url`` (or a caller's ``engine``) is the source of truth:
+    ``database_url`` (or a caller's ``engine``) is the source of truth
+    (a function returning the URL is called when the Durable first connects):
     Postgres in production; with none given, ``DBOS_CELERY_DATABASE_URL``
     or else a SQLite file in the working directory (one machine only).
     ``redis_url`` carries wakeup hints (None: in-process wakeups plus polling
@@ -60,7 +61,7 @@ class Durable:
     def __init__(
         self,
         app: Celery,
-        database_url: str | None = None,
+        database_url: str | Callable[[], str] | None = None,
         *,
         redis_url: str | None = None,
         engine: Engine | None = None,
@@ -108,6 +109,7 @@ class Durable:
             Outcomes(self.services, app), self.close,
         )  # fmt: skip
         self._hooks.install()
+        shared.bind(self)
 
     # --- decorators ---------------------------------------------------------
 

@@ -80,8 +80,12 @@ def _django(connection: Any) -> tuple[psycopg.Connection[Any], Hook | None] | No
     """Django's ``connection`` / ``connections[alias]``; None if not one."""
     if "django.db" not in sys.modules:
         return None
+    from django.db import connections  # type: ignore[import-untyped]
     from django.db.backends.base.base import BaseDatabaseWrapper  # type: ignore[import-untyped]
+    from django.utils.connection import ConnectionProxy  # type: ignore[import-untyped]
 
+    if isinstance(connection, ConnectionProxy):  # django.db.connection
+        connection = connections[connection.alias]
     if not isinstance(connection, BaseDatabaseWrapper):
         return None
     if connection.vendor != "postgresql":

@@ -45,7 +45,7 @@ __all__ = [
     "check_database_url",
     "is_engine",
 ]
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
@@ -169,7 +169,7 @@ class Database:
 
     def __init__(
         self,
-        url: str | None = None,
+        url: str | Callable[[], str] | None = None,
         *,
         engine: Engine | None = None,
         schema: str = "dbos_celery",
@@ -178,30 +178,17 @@ class Database:
     ) -> None:
         if (url is None) == (engine is None):
             raise ConfigurationError("pass exactly one of database_url or engine")
-        sa_url = make_url(url) if url is not None else engine.url  # type: ignore[union-attr]
-        backend = sa_url.get_backend_name()
-        if backend not in ("postgresql", "sqlite"):
-            raise ConfigurationError(
-                f"database_url must be a postgresql:// or sqlite:/// URL, got {backend!r}"
-            )
         if engine is not None and engine.dialect.driver != "psycopg":
             raise ConfigurationError(
                 "a caller's engine must use psycopg 3 (postgresql+psycopg://), "
                 f"not {engine.dialect.driver!r}"
             )
         quote(schema)
-        self.sqlite = backend == "sqlite"
-        if self.sqlite:
-            if not sa_url.database or sa_url.database == ":memory:":
-                raise ConfigurationError(
-                    "database_url: SQLite needs a file (sqlite:///path/to/file.db): an in-memory "
-                    "database is not shared between worker processes"
-                )
-            # absolute: a worker that changes directory still finds it
-            path = os.path.abspath(sa_url.database)
-            self.url = sa_url.set(drivername="sqlite+pysqlite", database=path)
-        else:
-            self.url = sa_url.set(drivername="postgresql+psycopg")
+        # a URL given as a function is read at first use, in each process
+        self._source = url if callable(url) else None
+        self._resolved_in = 0
+        if not callable(url):
+            self._configure(make_url(url) if url is not None else engine.url)  # type: ignore[union-attr]
         self.schema = schema
         self.retry_timeout = retry_timeout
         self.pool_size = pool_size
@@ -211,6 +198,49 @@ class Database:
         self._sql: dict[int, tuple[str, dict[str, Any]]] = {}
         self._migrated = False
         self.auto_migrate = True
+
+    def _configure(self, sa_url: URL) -> None:
+        backend = sa_url.get_backend_name()
+        if backend not in ("postgresql", "sqlite"):
+            raise ConfigurationError(
+                f"database_url must be a postgresql:// or sqlite:/// URL, got {backend!r}"
+            )
+        self._sqlite = backend == "sqlite"
+        if self._sqlite:
+            if not sa_url.database or sa_url.database == ":memory:":
+                raise ConfigurationError(
+                    "database_url: SQLite needs a file (sqlite:///path/to/file.db): an in-memory "
+                    "database is not shared between worker processes"
+                )
+            # absolute: a worker that changes directory still finds it
+            path = os.path.abspath(sa_url.database)
+            self._url = sa_url.set(drivername="sqlite+pysqlite", database=path)
+        else:
+            self._url = sa_url.set(drivername="postgresql+psycopg")
+
+    def _resolve(self) -> None:
+        """Read a URL given as a function: at first use, and again in a
+        forked child (whose settings may name another database)."""
+        if self._source is None or self._resolved_in == os.getpid():
+            return
+        url = self._source()
+        if not isinstance(url, str):
+            raise ConfigurationError(f"database_url() must return a str URL, got {url!r}")
+        check_database_url(url)
+        self._configure(make_url(url))
+        self._resolved_in = os.getpid()
+
+    @property
+    def url(self) -> URL:
+        """The database's URL (with the driver this library uses)."""
+        self._resolve()
+        return self._url
+
+    @property
+    def sqlite(self) -> bool:
+        """Whether the database is a SQLite file (else Postgres)."""
+        self._resolve()
+        return self._sqlite
 
     # --- connections --------------------------------------------------------
 

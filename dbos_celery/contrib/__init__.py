@@ -1,0 +1,1 @@
+"""Integrations with frameworks: ``dbos_celery.contrib.django``."""
