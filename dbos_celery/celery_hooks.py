@@ -3,7 +3,8 @@
 - before the pool forks, the worker's main process starts its beater, which
   heartbeats for every process of the worker (``recovery/liveness.py``);
 - a worker bootstep starts, after the pool has forked, the main process's
-  heartbeat, wakeup subscriber and recovery sweeper (and stops them);
+  heartbeat, wakeup subscriber and recovery sweeper (and stops them, on a
+  warm or a cold shutdown);
 - ``worker_process_init`` / ``worker_process_shutdown``: each pool child's
   heartbeat and subscriber, made after the fork;
 - ``task_received``: the workflow messages (and durable.call tasks) this
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
@@ -61,16 +62,12 @@ class CeleryHooks:
     is_workflow: Callable[[str], bool]
     dispatcher: Dispatcher
     outcomes: Outcomes
-    on_worker_stop: Callable[[], None]
     sweeper: Sweeper | None = None
     depths: QueueDepths | None = None
     retention: Retention | None = None
-    demand: Periodic = field(init=False)
-    keeper: Periodic = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.demand = Periodic("dbos-celery-slots", REFRESH, self.sv.slots.refresh)
-        self.keeper = Periodic("dbos-celery-beater", 1.0, self.sv.liveness.ensure)
+    # the running worker's loops: its slot counter's refresh, its beater's keeper
+    demand: Periodic | None = None
+    keeper: Periodic | None = None
 
     def install(self) -> None:
         signals.worker_process_init.connect(self._on_process_init)
@@ -94,18 +91,32 @@ class CeleryHooks:
         self.sv.liveness.start(facts.slots)
 
     def worker_stop(self) -> None:
-        """Warm or cold shutdown: waits in the pool park at once, freeing
-        their slots; then this process's threads stop."""
+        """Warm or cold shutdown (again: nothing more to do): waits in the
+        pool park at once, freeing their slots; then this process's threads
+        stop and its connections close. The beater goes on: the pool's
+        processes may still be finishing their tasks."""
         self.sv.slots.shutting_down()
-        self.demand.stop()
-        self.keeper.stop()
+        self._stop_loops()
         # threads, gevent, solo: the runs are in this process; give their waits
         # the time to park (they look within poll_interval) before its
         # heartbeat stops
         runtime = self.sv.current_runtime()
         if runtime is not None:
             runtime.wait_idle(self.sv.settings.poll_interval + STOP_GRACE)
-        self.on_worker_stop()
+        self.stop_sweeper()
+        self.sv.close()
+
+    def stop(self) -> None:
+        """Stop this process's worker loops, sweep and automatic collection
+        (``Durable.close``)."""
+        self._stop_loops()
+        self.stop_sweeper()
+
+    def _stop_loops(self) -> None:
+        for loop in (self.demand, self.keeper):
+            if loop is not None:
+                loop.stop()
+        self.demand = self.keeper = None
 
     def sweeper_now(self) -> Sweeper:
         """This process's sweeper (its thread runs in a worker's main
@@ -139,6 +150,7 @@ class CeleryHooks:
     def worker_start(self) -> None:
         sv = self.sv  # (migrated before the pool forked)
         sv.liveness.wait_ready()
+        self.keeper = Periodic("dbos-celery-beater", 1.0, sv.liveness.ensure)
         self.keeper.start()
         sv.runtime().start()
         sv.notifier.start()
@@ -146,6 +158,7 @@ class CeleryHooks:
         if self.retention is None and sv.settings.retention is not None:
             self.retention = Retention(sv, sv.settings.retention)
             self.retention.start()
+        self.demand = Periodic("dbos-celery-slots", REFRESH, sv.slots.refresh)
         self.demand.start()
 
     def _on_task_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -200,6 +213,10 @@ def _worker_bootstep(hooks: CeleryHooks) -> type[bootsteps.StartStopStep]:
             hooks.worker_start()
 
         def stop(self, parent: Any) -> None:
+            hooks.worker_stop()
+
+        def terminate(self, parent: Any) -> None:
+            # a cold shutdown (SIGQUIT, Celery's test worker) calls this, not stop
             hooks.worker_stop()
 
     return DurableWorker

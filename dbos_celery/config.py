@@ -109,9 +109,9 @@ def retention(value: Any) -> float | None:
     return value
 
 
-def redis_url(url: Any) -> str | None:
-    """The Redis URL for wakeups: the one given, else ``DBOS_CELERY_REDIS_URL``;
-    None: in-process wakeups and polling."""
+def redis_url(url: Any, environ: bool = True) -> str | None:
+    """The Redis URL for wakeups: the one given, else (``environ``)
+    ``DBOS_CELERY_REDIS_URL``; None: in-process wakeups and polling."""
     if url is not None and not isinstance(url, str):
         raise ConfigurationError(f"redis_url must be a str URL, got {type(url).__name__}")
-    return url or os.environ.get("DBOS_CELERY_REDIS_URL") or None
+    return url or (os.environ.get("DBOS_CELERY_REDIS_URL") if environ else None) or None

@@ -10,14 +10,15 @@ forks a child), never at import or in the parent.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from celery import Celery
 from celery.utils.imports import gen_task_name
 
-from . import config, context, management, messaging, retention, runner, shared
+from . import config, context, management, messaging, repoint, retention, runner, shared
 from .aio import off_loop
 from .calls.dispatch import Dispatcher, TaskCall
 from .calls.outcome import Outcomes
@@ -94,7 +95,7 @@ class Durable:
         )  # fmt: skip
         self.app = app
         store = Database(url, engine=engine, schema=schema, retry_timeout=database_retry_timeout)
-        self._transactions = transactions or PoolTransactions(store)
+        self._transactions = transactions or PoolTransactions(lambda: self.services.store)
         codec = Serializer(serializer)
         notifier: Notifier = (
             RedisNotifier(redis, channel_prefix(schema)) if redis else LocalNotifier()
@@ -106,7 +107,7 @@ class Durable:
         self._calls = Dispatcher(self.services, app)
         self._hooks = CeleryHooks(
             app, self.services, self.workflows.__contains__, self._calls,
-            Outcomes(self.services, app), self.close,
+            Outcomes(self.services, app),
         )  # fmt: skip
         self._hooks.install()
         shared.bind(self)
@@ -392,11 +393,54 @@ class Durable:
         return self._hooks.sweeper_now().sweep_once()
 
     def close(self) -> None:
-        """Stop this process's threads and close what this object created."""
-        self._hooks.stop_sweeper()
-        self.services.stop_runtime()
-        self.services.notifier.stop()
-        self.services.store.dispose()
+        """Stop this process's threads and close what this object created
+        (made again on next use), the beater of a worker that ran in this
+        process included."""
+        self._hooks.stop()
+        self.services.close()
+        self.services.reset_worker()
+
+    @contextmanager
+    def using(
+        self,
+        database_url: str | None = None,
+        *,
+        engine: Engine | None = None,
+        schema: str | None = None,
+        redis_url: str | None = None,
+        **settings: Any,
+    ) -> Iterator[Durable]:
+        """Run this Durable (every workflow and step of it, wherever they
+        were imported) on another database, schema, wakeups or options for
+        the block, and as before afterwards; yields the Durable itself. For
+        tests: ``dbos_celery.testing`` points each test at its own database
+        this way.
+
+        The arguments are those of ``Durable(...)``, checked as it checks
+        them before anything changes (ConfigurationError). Left out, the
+        database (``database_url`` or ``engine``), the ``schema`` and each
+        option keep their current values; the wakeups do not: ``redis_url``
+        names the block's Redis, None (the default) means in-process wakeups
+        and polling. A ``transactions`` source given to ``Durable(...)``
+        stays (the default one follows the block's database).
+
+        On entry and on exit it closes what the Durable opened in this
+        process (as ``close()``: threads, connections, the beater of a
+        worker that ran here), and the worker state starts afresh: a worker
+        started in the block runs on the block's database and options.
+        Blocks nest. It changes the object for the whole process: not while
+        a worker of it runs in this process, nor from two threads at once."""
+        sv = self.services
+        binding = repoint.configure(sv.store, sv.settings, database_url, engine, schema,
+                                    redis_url, settings)  # fmt: skip
+        saved = (sv.store, sv.settings, sv.notifier)
+        self.close()
+        sv.rebind(*binding)
+        try:
+            yield self
+        finally:
+            self.close()
+            sv.rebind(*saved)
 
 
 def _check_step_options(

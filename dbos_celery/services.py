@@ -5,6 +5,11 @@ a module takes what it uses from it: the store, the notifier, the codec,
 the settings, the publish function, this process's runtime, and whether the
 worker wants its slots back. No module
 but the façade and the CLI knows ``Durable``.
+
+The store, the notifier and the settings may be replaced
+(:meth:`Services.rebind`, for ``Durable.using``): the modules read them
+from here when they use them, and what keeps them (a runtime, a sweeper)
+is made per process on first use, after the previous one was closed.
 """
 
 from __future__ import annotations
@@ -77,6 +82,30 @@ class Services:
         """This process's runtime if it made one (None: it runs nothing)."""
         rt = self._runtime
         return rt if rt is not None and rt.pid == os.getpid() else None
+
+    def close(self) -> None:
+        """Stop this process's runtime, after-commit thread and wakeup
+        subscriber, and close the pool the store created (all made again
+        on next use). A worker's beater and slot counter are left alone
+        (see :meth:`reset_worker`)."""
+        self.stop_runtime()
+        self.notifier.stop()
+        self.store.dispose()
+
+    def reset_worker(self) -> None:
+        """Stop the beater of a worker that ran in this process and give the
+        next worker a new one and a new slot counter (after the worker has
+        stopped, its runtime too)."""
+        self.liveness.stop()
+        self.liveness = Liveness(self.store, self.settings)
+        self.slots = SlotDemand()
+
+    def rebind(self, store: Database, settings: Settings, notifier: Notifier) -> None:
+        """Run on ``store``, ``settings`` and ``notifier`` from now on, with
+        a fresh worker state; after :meth:`close` (what this process made
+        on the previous ones must be stopped first)."""
+        self.store, self.settings, self.notifier = store, settings, notifier
+        self.reset_worker()
 
     def stop_runtime(self) -> None:
         """Stop this process's runtime and after-commit thread, if it made them."""

@@ -33,10 +33,15 @@ class SlotDemand:
 
     def create(self, slots: int) -> None:
         """In the worker's main process, before the pool forks; ``slots``:
-        how many tasks it runs at once."""
+        how many tasks it runs at once. The count starts at zero: a worker
+        started after another in the same process (a test's) does not see
+        the shutdown of the first."""
         self._slots = slots
+        self._seen = 0
         if self._value is None:
             self._value = RawValue("i", 0)
+        else:
+            self._value.value = 0
 
     def wanted(self) -> bool:
         """True when a request waits for a slot or the worker shuts down."""

@@ -80,9 +80,13 @@ class Dispatcher:
     def __init__(self, sv: Services, app: Celery) -> None:
         self.sv = sv
         self.app = app
-        self.redispatch_after = float(sv.settings.call_redispatch_after)
         # set in a worker's main process before its pool forks
         self.worker: WorkerFacts | None = None
+
+    @property
+    def redispatch_after(self) -> float:
+        """``call_redispatch_after``, as the settings say now."""
+        return float(self.sv.settings.call_redispatch_after)
 
     # --- building calls -------------------------------------------------------
 

@@ -103,6 +103,15 @@ class LeaseBoard:
             _HEADER.pack_into(m, 0, slots, 0)
         return cls(fd)
 
+    def close(self) -> None:
+        """Close the board's descriptor in this process, once no process of
+        it claims a slot any more (a worker that stopped while its process
+        goes on). Its memory stays mapped for whoever still holds the board,
+        until they let it go."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1  # a later claim fails (EBADF), never locks another file
+
     # --- header -------------------------------------------------------------
 
     @property

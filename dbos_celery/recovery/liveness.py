@@ -43,6 +43,7 @@ class Liveness:
         self.settings = settings
         self.board: LeaseBoard | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._owner = 0  # the process that started the beater
         self._beats = 0  # the beater's rounds, when last seen to change
         self._stalled = 0.0
 
@@ -52,7 +53,26 @@ class Liveness:
         if self.board is not None or not hasattr(os, "fork"):
             return  # (no fork, no prefork: the threads beat as before)
         self.board = LeaseBoard.create(processes + SPARE_SLOTS)
+        self._owner = os.getpid()
         self._spawn()
+
+    def stop(self) -> None:
+        """Stop the beater and close the board, for a worker whose process
+        goes on (one run in a test's process), once the worker has stopped
+        and this process's runtime has let go of the board; a later
+        ``start`` makes new ones. (A worker process's beater exits by itself
+        after the process. It ignores SIGTERM, so that a warm shutdown keeps
+        the leases of the runs still finishing: it is killed.) In a forked
+        child, the parent's beater is left alone."""
+        proc, board = self._proc, self.board
+        self._proc = self.board = None
+        self._beats, self._stalled = 0, 0.0
+        if proc is not None and self._owner == os.getpid():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+        if board is not None:
+            board.close()
 
     def _spawn(self) -> None:
         assert self.board is not None

@@ -199,6 +199,15 @@ class Database:
         self._migrated = False
         self.auto_migrate = True
 
+    def with_options(self, *, schema: str, retry_timeout: float) -> Database:
+        """A Database on the same database (URL, URL function or caller's
+        engine) with this schema and retry timeout (nothing connects)."""
+        url: str | Callable[[], str] | None = self._source
+        if url is None and self._given is None:
+            url = self._url.render_as_string(hide_password=False)
+        return Database(url, engine=self._given, schema=schema, retry_timeout=retry_timeout,
+                        pool_size=self.pool_size)  # fmt: skip
+
     def _configure(self, sa_url: URL) -> None:
         backend = sa_url.get_backend_name()
         if backend not in ("postgresql", "sqlite"):

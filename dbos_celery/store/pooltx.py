@@ -1,12 +1,13 @@
 """The default transaction of a ``@durable.transaction()`` step: one on a
 connection of the Durable's own pool, handed to the step's body as a
 SQLAlchemy ``Connection`` (the checkpoint is written on its driver
-connection, in the same transaction)."""
+connection, in the same transaction). The pool is the store's at the time
+(``Durable.using`` may point the Durable at another database)."""
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,12 +17,12 @@ from .engine import Database, DBAPIConnection
 class PoolTransactions:
     """A :class:`dbos_celery.txsource.TransactionSource` on the store's pool."""
 
-    def __init__(self, store: Database) -> None:
-        self.store = store
+    def __init__(self, store: Callable[[], Database]) -> None:
+        self.store = store  # the Durable's store now
 
     @contextmanager
     def transaction(self) -> Iterator[tuple[Any, DBAPIConnection]]:
-        with self.store.engine.connect() as conn:
+        with self.store().engine.connect() as conn:
             raw: DBAPIConnection = conn.connection.driver_connection  # type: ignore[assignment]
             if isinstance(raw, sqlite3.Connection):
                 # the driver begins nothing by itself (isolation_level None)

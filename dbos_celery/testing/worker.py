@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from .binding import app_queues, reset_worker_state
+from .binding import app_queues
 
 if TYPE_CHECKING:
     from ..durable import Durable
@@ -55,13 +55,13 @@ def start_durable_worker(
                 _stop_warm(worker, shutdown_timeout)
     finally:
         state.should_stop = None
-        reset_worker_state(durable)
+        durable.close()  # its threads and connections, and the worker's beater
 
 
 def _stop_warm(worker: Any, timeout: float) -> None:
     """Ask ``worker`` for a warm shutdown and wait until it is done. (Celery's
-    test worker stops cold: its bootsteps' ``stop`` would not run, so the
-    workflows it runs would neither park nor end, and their threads would
+    test worker stops cold: its waiting workflows would park, but the
+    threads pool would not wait for the tasks still running, which would
     outlive the test.)"""
     from celery.worker import state
 
