@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import context, parking
+from . import context, parking, tracing
 from .aftercommit import after_commit
 from .checkpoint import checkpointed, durable_deadline, record, replayed, write_checkpoint
 from .errors import (
@@ -66,6 +66,16 @@ def send(
     ctx = context.current()
     if ctx is not None and ctx.in_step and idempotency_key is None:
         raise SendFromStepError(destination_id)
+    attributes = {"dbos_celery.destination_id": destination_id, "dbos_celery.topic": t,
+                  tracing.WORKFLOW_ID: ctx.workflow_id if ctx else None}  # fmt: skip
+    with tracing.span("dbos_celery.send", attributes):
+        _send(sv, ctx, destination_id, t, payload, idempotency_key, connection)
+
+
+def _send(
+    sv: Services, ctx: WorkflowContext | None, destination_id: str, t: str, payload: bytes,
+    idempotency_key: str | None, connection: Any,
+) -> None:  # fmt: skip
     status: str | None
     if connection is not None:
         if ctx is not None and not ctx.in_step:
@@ -92,7 +102,7 @@ def _send_outside(
     same key, had stored it already: that one may not have woken it."""
     call = None if idempotency_key is not None else messages.call_key()
     got = sv.store.now(messages.insert_message, destination_id, topic, payload,
-                       idempotency_key, call)  # fmt: skip
+                       idempotency_key, call, tracing.traceparent())  # fmt: skip
     if got is None:
         if not sv.store.now(workflows.workflow_exists, destination_id):
             raise NonExistentWorkflowError(destination_id)
@@ -112,7 +122,7 @@ def _send_in(
     commits. A key used before stores nothing, as outside."""
     tx = caller.transaction_of(sv.store, connection)
     got = caller.write(tx, sv.store, messages.insert_message, destination_id, topic, payload,
-                       idempotency_key)  # fmt: skip
+                       idempotency_key, None, tracing.traceparent())  # fmt: skip
     if got is None:
         if not caller.write(tx, sv.store, workflows.workflow_exists, destination_id):
             raise NonExistentWorkflowError(destination_id)
@@ -142,7 +152,8 @@ def _send_inside(
 
     def tx(ex: Executor) -> str | None:
         error = None
-        got = messages.insert_message(ex, destination_id, topic, payload, idempotency_key)
+        got = messages.insert_message(ex, destination_id, topic, payload, idempotency_key,
+                                      None, tracing.traceparent())  # fmt: skip
         if got is None and not workflows.workflow_exists(ex, destination_id):
             # record the failure: a replay must fail the same way even if the
             # destination exists by then (no message is stored)
@@ -182,16 +193,20 @@ def recv(sv: Services, topic: str | None = None, timeout: float = 60.0) -> Any:
         return replayed(sv.codec, row)
     wid = ctx.workflow_id
 
-    def consume() -> tuple[bytes] | None:
+    def consume() -> tuple[bytes, str | None] | None:
         # a conflict means another runner recorded this recv (we lost the
         # lease while waiting): the statement failed whole, nothing consumed
         return checkpointed(sv, ctx, messages.consume_message, wid, t, seq, RECV)
 
-    got = _wait_in_workflow(sv, ctx, mailbox_key(wid, t), consume, deadline_seq, timeout)
-    if got is None:
-        record(sv, ctx, seq, RECV, sv.codec.dumps(None))
-        return None
-    return sv.codec.loads(got[0])
+    attributes = {tracing.WORKFLOW_ID: wid, "dbos_celery.topic": t}
+    with tracing.span("dbos_celery.recv", attributes) as span:
+        with tracing.span("dbos_celery.recv.wait", attributes):
+            got = _wait_in_workflow(sv, ctx, mailbox_key(wid, t), consume, deadline_seq, timeout)
+        if got is None:
+            record(sv, ctx, seq, RECV, sv.codec.dumps(None))
+            return None
+        tracing.link(span, got[1])  # to the send that stored it
+        return sv.codec.loads(got[0])
 
 
 def set_event(sv: Services, key: str, value: Any) -> None:

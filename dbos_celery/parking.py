@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from . import tracing
 from .cancellation import lease_failed
 from .store import parking
 
@@ -73,8 +74,10 @@ def park(sv: Services, ctx: WorkflowContext, waiting_for: str, wake_at: float | 
         if ready:
             raise _Ready
 
+    attributes = {tracing.WORKFLOW_ID: ctx.workflow_id, "dbos_celery.waiting_for": waiting_for}
     try:
-        sv.store.run(tx)
+        with tracing.span("dbos_celery.park", attributes):
+            sv.store.run(tx)
     except _Ready:
         return
     log.debug("workflow %s parked, waiting for %r", ctx.workflow_id, waiting_for,
@@ -92,8 +95,12 @@ def wake(sv: Services, waiting_for: str) -> None:
     awaited message, event or outcome exists now (the sweep wakes any this
     misses)."""
     try:
-        for target in sv.store.now(parking.wake_ready, waiting_for):
-            sv.publish(*target)
+        with tracing.span("dbos_celery.wake", {"dbos_celery.waiting_for": waiting_for}) as span:
+            woken = sv.store.now(parking.wake_ready, waiting_for)
+            for target in woken:
+                sv.publish(*target)
+            if span is not None:
+                span.set_attribute("dbos_celery.woken", [t[0] for t in woken])
     except Exception as exc:  # the sweep is the guarantee
         log.warning("could not wake workflows parked on %r (%s); the sweep will",
                     waiting_for, exc)  # fmt: skip

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import cancellation, context, parking
+from . import cancellation, context, parking, tracing
 from .context import WorkflowContext
 from .errors import (
     DatabaseUnavailableError,
@@ -91,9 +91,15 @@ def execute(
         ctx.killed = (row.killed, row.kills)
     if time_limit is not None:
         ctx.park_by = started + time_limit - time_limit_margin(time_limit)
-    outcome = _run(sv, runtime, ctx, row, wf.fn)
-    if outcome is not None:
-        _finish(sv, runtime, row, outcome)
+    attributes = {tracing.WORKFLOW_ID: workflow_id, "dbos_celery.workflow_name": row.name,
+                  "dbos_celery.recovery_attempts": row.recovery_attempts,
+                  "dbos_celery.checkpoints": len(steps)}  # fmt: skip
+    with tracing.span(f"dbos_celery.workflow {row.name}", attributes, row.trace) as span:
+        outcome = _run(sv, runtime, ctx, row, wf.fn)
+        if span is not None:
+            span.set_attribute("dbos_celery.outcome", outcome.status if outcome else "unfinished")
+        if outcome is not None:
+            _finish(sv, runtime, row, outcome)
 
 
 def time_limit_margin(limit: float) -> float:

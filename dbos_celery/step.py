@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import cancellation, context
+from . import cancellation, context, tracing
 from .checkpoint import record, replayed
 from .errors import (
     InvalidArgumentError,
@@ -78,6 +78,13 @@ class Step(Generic[P, R]):
         if row is not None:
             return replayed(sv.codec, row)  # type: ignore[no-any-return]
         cancellation.check(sv, ctx)  # in memory unless a cancel was hinted
+        attributes = {tracing.WORKFLOW_ID: ctx.workflow_id, "dbos_celery.seq": seq}
+        with tracing.span(f"dbos_celery.step {self.name}", attributes):
+            return self._run(ctx, seq, args, kwargs)
+
+    def _run(self, ctx: context.WorkflowContext, seq: int, args: Any, kwargs: Any) -> R:
+        """Run the attempts and checkpoint the outcome."""
+        sv = self.sv
         killed, ctx.killed = ctx.killed, None
         ctx.in_step = True
         try:

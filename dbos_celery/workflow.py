@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from . import context, parking
+from . import context, parking, tracing
 from .aftercommit import after_commit
 from .aio import off_loop
 from .checkpoint import checkpointed, durable_deadline, record, replayed, write_checkpoint
@@ -269,6 +269,13 @@ class Workflow(Generic[P, R]):
         if kwargs is not None and not isinstance(kwargs, dict):
             raise InvalidArgumentError(f"kwargs must be a dict, got {type(kwargs).__name__}")
         check_timeout(timeout, allow_none=True)
+        with tracing.span(f"dbos_celery.start {self.name}", {tracing.WORKFLOW_ID: workflow_id}):
+            return self._start(args, kwargs, workflow_id, timeout, connection)
+
+    def _start(
+        self, args: Any, kwargs: dict[str, Any] | None, workflow_id: str | None,
+        timeout: float | None, connection: Any,
+    ) -> WorkflowHandle[R]:  # fmt: skip
         timeout = self.timeout if timeout is None else timeout
         queue = self._queue()
         if connection is not None:
@@ -394,9 +401,8 @@ class Workflow(Generic[P, R]):
         """Insert the row (running on ``queue``); an existing row of the same
         workflow is fine (idempotent start), one of another workflow is an
         error."""
-        if workflows.insert_workflow(
-            ex, workflow_id, self.name, inputs, parent, timeout, inherited_deadline, queue
-        ):
+        if workflows.insert_workflow(ex, workflow_id, self.name, inputs, parent, timeout,
+                                     inherited_deadline, queue, tracing.traceparent()):  # fmt: skip
             return True
         existing = workflows.workflow_name(ex, workflow_id)
         if existing is not None and existing != self.name:

@@ -15,7 +15,7 @@ from celery.canvas import Signature
 from kombu.exceptions import OperationalError as BrokerError
 from kombu.serialization import dumps as kombu_dumps
 
-from .. import cancellation, context, parking
+from .. import cancellation, context, parking, tracing
 from ..checkpoint import checkpointed, replayed, write_checkpoint
 from ..errors import CallWouldDeadlockError, InvalidArgumentError, SerializationError
 from ..keys import CALL_PREFIX, DISPATCH_PREFIX, calls_key, task_id_for
@@ -139,11 +139,16 @@ class Dispatcher:
 
     def call(self, target: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
         ctx = context.require_workflow("durable.call")
-        return self.run(ctx, [self.task_call(target, args, kwargs)])[0]
+        call = self.task_call(target, args, kwargs)
+        with tracing.span(f"dbos_celery.call {call.name}", {tracing.WORKFLOW_ID: ctx.workflow_id}):
+            return self.run(ctx, [call])[0]
 
     def gather(self, targets: Sequence[Any]) -> list[Any]:
         ctx = context.require_workflow("durable.gather")
-        return self.run(ctx, [self.task_call(t, (), {}) for t in targets])
+        calls = [self.task_call(t, (), {}) for t in targets]
+        attributes = {tracing.WORKFLOW_ID: ctx.workflow_id, "dbos_celery.calls": len(calls)}
+        with tracing.span("dbos_celery.gather", attributes):
+            return self.run(ctx, calls)
 
     def run(self, ctx: WorkflowContext, todo: list[TaskCall]) -> list[Any]:
         """Dispatch (or replay) the calls, wait until every one has settled,

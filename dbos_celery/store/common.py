@@ -43,6 +43,7 @@ class WorkflowRow:
     deadline: datetime | None
     killed: str | None = None  # why its last runners died in a step
     kills: int = 0  # how many in a row
+    trace: str | None = None  # the traceparent of its start
 
 
 class Target(NamedTuple):
@@ -64,7 +65,7 @@ class StepRow:
 WORKFLOW_COLS = (
     wf.c.id, wf.c.name, wf.c.status, wf.c.inputs, wf.c.output, wf.c.error,
     wf.c.executor_id, wf.c.recovery_attempts, wf.c.parent_id,
-    wf.c.created_at, wf.c.updated_at, wf.c.deadline, wf.c.killed, wf.c.kills,
+    wf.c.created_at, wf.c.updated_at, wf.c.deadline, wf.c.killed, wf.c.kills, wf.c.trace,
 )  # fmt: skip
 NCOLS = len(WORKFLOW_COLS)
 
@@ -77,7 +78,7 @@ def _when(value: Any) -> Any:
 def workflow_row(r: Any) -> WorkflowRow:
     return WorkflowRow(
         r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], _when(r[9]), _when(r[10]),
-        _when(r[11]), r[12], r[13],
+        _when(r[11]), r[12], r[13], r[14],
     )  # fmt: skip
 
 

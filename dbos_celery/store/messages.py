@@ -38,7 +38,9 @@ _MESSAGE_VALUES = (
     bindparam("dest2", type_=Text),
     bindparam("topic", type_=Text),
     bindparam("payload", type_=LargeBinary),
+    bindparam("trace", type_=Text),
 )
+_MESSAGE_COLS = ["destination_id", "topic", "payload", "trace"]
 # the destination's status, read by the insert: a WAITING one is woken. Read
 # FOR SHARE: a park of the destination committing meanwhile is waited for
 # (so the status read is WAITING), or waits for this send's commit (so the
@@ -49,9 +51,7 @@ _DEST_STATUS = (
 )
 _INSERT_MESSAGE = (
     insert(msg)
-    .from_select(
-        ["destination_id", "topic", "payload"], select(*_MESSAGE_VALUES).where(_DEST_EXISTS)
-    )
+    .from_select(_MESSAGE_COLS, select(*_MESSAGE_VALUES).where(_DEST_EXISTS))
     .returning(msg.c.id, _DEST_STATUS)
 )
 _KEY_INSERT = (
@@ -72,7 +72,7 @@ def _once_per_key(key: Any) -> Any:
     return (
         insert(msg)
         .from_select(
-            ["destination_id", "topic", "payload"],
+            _MESSAGE_COLS,
             select(*_MESSAGE_VALUES).select_from(key),
         )
         .returning(msg.c.id, _DEST_STATUS)
@@ -111,6 +111,7 @@ def insert_message(
     payload: bytes,
     idempotency_key: str | None,
     call: str | None = None,
+    trace: str | None = None,
 ) -> tuple[int, str] | None:
     """Store a message for an existing workflow: its id and the destination's
     status (WAITING: parked, to be woken). None when the destination does not exist
@@ -118,7 +119,7 @@ def insert_message(
     ``call`` key of this send() call); nothing is written then. The caller
     tells the two apart with workflow_exists."""
     params = {"dest": destination_id, "dest2": destination_id, "topic": topic,
-              "payload": payload, "key": idempotency_key, "call": call}  # fmt: skip
+              "payload": payload, "key": idempotency_key, "call": call, "trace": trace}  # fmt: skip
     if idempotency_key is not None:
         key_insert, keyed = _KEY_INSERT, _INSERT_KEYED_MESSAGE
     elif call is not None:
@@ -151,7 +152,7 @@ _OLDEST = (
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
-_TAKE = delete(msg).where(msg.c.id == _OLDEST).returning(msg.c.payload)
+_TAKE = delete(msg).where(msg.c.id == _OLDEST).returning(msg.c.payload, msg.c.trace)
 _TAKEN = _TAKE.cte("taken")
 _RECV_CHECKPOINT = insert(st).values(
     workflow_id=bindparam("wid2", type_=Text),
@@ -159,7 +160,7 @@ _RECV_CHECKPOINT = insert(st).values(
     name=bindparam("name", type_=Text),
     output=bindparam("payload", type_=LargeBinary),
 )
-_CONSUME = (
+_RECORDED = (
     insert(st)
     .from_select(
         ["workflow_id", "seq", "name", "output"],
@@ -171,14 +172,19 @@ _CONSUME = (
         ).select_from(_TAKEN.join(ASYNC_COMMIT, literal_column("true"))),
     )
     .returning(st.c.output)
+    .cte("recorded")
+)
+_CONSUME = select(_RECORDED.c.output, _TAKEN.c.trace).select_from(
+    _RECORDED.join(_TAKEN, literal_column("true"))
 )
 
 
 def consume_message(
     ex: Executor, workflow_id: str, topic: str, seq: int, step_name: str
-) -> tuple[bytes] | None:
+) -> tuple[bytes, str | None] | None:
     """Delete the oldest message of (workflow, topic) and write the recv
-    checkpoint, in one statement. It commits asynchronously: if the WAL is
+    checkpoint, in one statement; its payload and the traceparent of its
+    send. It commits asynchronously: if the WAL is
     lost both vanish together and the replay takes the same (still oldest)
     message again; any later synchronous commit flushes it first."""
     params = {"wid": workflow_id, "wid2": workflow_id, "topic": topic, "seq": seq,
@@ -190,7 +196,7 @@ def consume_message(
                 ex.count(_RECV_CHECKPOINT, {**params, "payload": row[0]})
     else:
         row = ex.first(_CONSUME, params)
-    return (row[0],) if row is not None else None
+    return (row[0], row[1]) if row is not None else None
 
 
 _UPSERT_EVENT = pg_insert(events).values(

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError, SchemaVersionError
 from ..keys import migration_lock
-from .tables import call_keys, metadata, worker_workflows, workflows
+from .tables import call_keys, messages, metadata, worker_workflows, workflows
 from .tables import schema_version as schema_version_table
 
 log = logging.getLogger("dbos_celery")
@@ -107,9 +107,19 @@ def _v10(conn: Connection) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v11(conn: Connection) -> None:
+    """The trace context of a workflow's start and of a message's send."""
+    if _sqlite(conn):
+        return
+    for table in (workflows, messages):
+        conn.execute(
+            DDL("ALTER TABLE %(fullname)s ADD COLUMN IF NOT EXISTS trace TEXT").against(table)  # type: ignore[no-untyped-call]
+        )
+
+
 # index i holds the migration to version i + 1; append, never edit
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10,
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11,
 ]  # fmt: skip
 LATEST_VERSION = len(MIGRATIONS)
 

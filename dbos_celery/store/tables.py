@@ -78,6 +78,8 @@ workflows = Table(
     # attempts
     Column("killed", Text),
     Column("kills", Integer, nullable=False, server_default="0"),
+    # the W3C traceparent of the span that started it (OpenTelemetry), if any
+    Column("trace", Text),
     Index("ix_workflows_status_updated", "status", "updated_at"),
     Index("ix_workflows_parent", "parent_id"),
     Index("ix_workflows_created", "created_at"),
@@ -130,6 +132,8 @@ messages = Table(
     # the default topic is stored as '' (an empty topic name is refused)
     Column("topic", Text, nullable=False),
     Column("payload", LargeBinary, nullable=False),
+    # the W3C traceparent of the span that sent it (OpenTelemetry), if any
+    Column("trace", Text),
     _ts("created_at"),
     Index("ix_messages_mailbox", "destination_id", "topic", "id"),
     sqlite_autoincrement=True,

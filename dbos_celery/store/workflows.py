@@ -62,6 +62,7 @@ _INSERT_WORKFLOW = (
         inputs=bindparam("inputs", type_=LargeBinary),
         parent_id=bindparam("parent", type_=Text),
         queue=bindparam("queue", type_=Text),
+        trace=bindparam("trace", type_=Text),
         # the earlier of its own timeout and the deadline it inherits (NULLs ignored)
         deadline=least(
             from_epoch(bindparam("inherit", type_=Float)),
@@ -82,12 +83,15 @@ def insert_workflow(
     timeout: float | None = None,
     inherited_deadline: float | None = None,
     queue: str | None = None,
+    trace: str | None = None,
 ) -> bool:
-    """Insert an ENQUEUED workflow that runs on ``queue``; False when the id
-    exists already. Its deadline is ``timeout`` seconds from now, or the
-    inherited deadline (epoch seconds) if earlier; none when both are None."""
+    """Insert an ENQUEUED workflow that runs on ``queue`` (``trace``: the
+    traceparent of its start); False when the id exists already. Its
+    deadline is ``timeout`` seconds from now, or the inherited deadline
+    (epoch seconds) if earlier; none when both are None."""
     params = {"wid": workflow_id, "name": name, "inputs": inputs, "parent": parent_id,
-              "timeout": timeout, "inherit": inherited_deadline, "queue": queue}  # fmt: skip
+              "timeout": timeout, "inherit": inherited_deadline, "queue": queue,
+              "trace": trace}  # fmt: skip
     return ex.first(_INSERT_WORKFLOW, params) is not None
 
 
