@@ -180,3 +180,58 @@ def test_django_connection_on_another_driver_is_refused() -> None:
     foreign = SimpleNamespace(alias="default", connection=object())
     with pytest.raises(ConfigurationError, match="connected through builtins.object"):
         driver_connection(foreign)
+
+
+def test_start_and_send_in_a_django_transaction_commit_or_roll_back_with_it(
+    tmp_path: Path, env: Any
+) -> None:
+    """``connection=django.db.connection``: inside ``transaction.atomic()``
+    the row and the message go with the block (published by Django's
+    on_commit, never before); outside one (autocommit) at once."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(env.database_url)
+    db = {"default": {"ENGINE": PG, "NAME": url.database, "USER": url.username or "postgres",
+                      "HOST": url.host or "", "PORT": str(url.port or "")}}  # fmt: skip
+    got = _django(tmp_path, db, """
+        import time
+        from django.db import connection, transaction
+
+        durable = durable_for(Celery("p", broker="memory://"))
+        published = []
+        durable.services.publish = lambda wid, name, queue: published.append(wid)
+
+        @durable.workflow(name="p.wf")
+        def wf() -> int:
+            return 1
+
+        wf.start(workflow_id="target")
+        try:
+            with transaction.atomic():
+                wf.start(workflow_id="rolled", connection=connection)
+                durable.send("target", "m1", connection=connection)
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+        with transaction.atomic():
+            wf.start(workflow_id="kept", connection=connection)
+            durable.send("target", "m2", connection=connection)
+            time.sleep(0.2)
+            before_commit = list(published)
+        deadline = time.monotonic() + 10
+        while "kept" not in published and time.monotonic() < deadline:
+            time.sleep(0.01)
+        wf.start(workflow_id="auto", connection=connection)  # no atomic block: at once
+        after_auto = list(published)
+        ids = sorted(w.workflow_id for w in durable.list_workflows())
+        with connection.cursor() as c:
+            c.execute(f'SELECT count(*) FROM "{durable.services.settings.schema}".messages')
+            messages = c.fetchone()[0]
+        durable.close()
+        print(json.dumps([before_commit, after_auto, ids, messages]))
+    """, DBOS_CELERY={"schema": env.schema})  # fmt: skip
+    before_commit, after_auto, ids, messages = got
+    assert before_commit == ["target"]  # not before the commit
+    assert after_auto == ["target", "kept", "auto"]
+    assert ids == ["auto", "kept", "target"]  # "rolled" never existed
+    assert messages == 1  # m2 only
