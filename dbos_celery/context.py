@@ -85,6 +85,8 @@ class WorkflowIdFilter(logging.Filter):
     logger already; add it to a handler to tag your own records too."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Set ``record.workflow_id`` if the record has none; never drops a
+        record (always True)."""
         if not hasattr(record, "workflow_id"):
             ctx = _current.get()
             record.workflow_id = ctx.workflow_id if ctx is not None else "-"

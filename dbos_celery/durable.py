@@ -57,6 +57,16 @@ class Durable:
     every ``poll_interval`` seconds). ``transactions``: where the
     transactions of ``@durable.transaction()`` steps come from (default: the
     Durable's own pool; ``dbos_celery.contrib.django`` passes Django's).
+    The other options are on the documentation's Configuration page.
+
+    Nothing connects at construction: the database, Redis and the library's
+    threads are opened per process on first use (in a worker, after the pool
+    forks). Its decorators register workflows as Celery tasks of ``app``,
+    and a bootstep and Celery signals hook it into the app's workers.
+
+    Raises:
+        ConfigurationError: ``app`` is not a Celery app, or an option is
+            invalid (named in the message); nothing is written.
     """
 
     def __init__(
@@ -119,7 +129,15 @@ class Durable:
     ) -> Callable[[Callable[P, R]], Workflow[P, R]]:
         """Make a function a durable workflow and register its Celery task
         (named as Celery names tasks, so task_routes and queues apply).
-        ``timeout``: the default of ``start(..., timeout=)`` in seconds."""
+        ``timeout``: the default of ``start(..., timeout=)`` in seconds;
+        ``task_options`` are Celery's (``queue``, ``time_limit``, ...).
+
+        Raises:
+            InvalidArgumentError: used without parentheses, a bad name or
+                timeout, or on something that is not a function.
+            ConfigurationError: a workflow of that name is already
+                registered on this Durable.
+        """
 
         if callable(name):
             raise InvalidArgumentError("use @durable.workflow() with parentheses")
@@ -174,7 +192,19 @@ class Durable:
         retry_on: tuple[type[BaseException], ...] = (Exception,),
     ) -> Callable[[Callable[P, R]], Step[P, R]]:
         """A checkpointed step; retried ``max_attempts`` times, sleeping
-        ``interval * backoff**n`` between attempts."""
+        ``interval * backoff**n`` between attempts, on the exceptions of
+        ``retry_on``.
+
+        In a workflow, a step whose checkpoint committed never runs again (a
+        replay returns its recorded output or raises its recorded error); a
+        step interrupted before its checkpoint runs again (at-least-once).
+        When every attempt fails, ``MaxStepAttemptsError`` is recorded and
+        raised. Outside a workflow the function is called as is.
+
+        Raises:
+            InvalidArgumentError: a bad name, ``interval``, ``backoff`` or
+                ``retry_on``, or on something that is not a function.
+        """
         _check_step_options(name, interval, backoff, retry_on)
 
         def decorate(f: Callable[P, R]) -> Step[P, R]:
@@ -196,7 +226,14 @@ class Durable:
         transaction on the Durable's database: its effect on the database
         happens exactly once. The body reaches the transaction as
         ``durable.connection`` (a SQLAlchemy Connection, or what the
-        Durable's ``transactions`` source gives: Django's connection)."""
+        Durable's ``transactions`` source gives: Django's connection).
+        Killed before the commit, nothing happened and the replay runs the
+        body again; after it, the replay returns the recorded output. Retries
+        as ``step`` does, each attempt in a new transaction.
+
+        Raises:
+            InvalidArgumentError: as for ``step``.
+        """
         _check_step_options(name, interval, backoff, retry_on)
 
         def decorate(f: Callable[P, R]) -> TransactionStep[P, R]:
@@ -210,26 +247,59 @@ class Durable:
 
     @property
     def connection(self) -> Any:
-        """The connection of the ``@durable.transaction()`` step running here
-        (NotInTransactionError elsewhere)."""
+        """The connection of the ``@durable.transaction()`` step running here.
+
+        Raises:
+            NotInTransactionError: outside such a step.
+        """
         return current_connection()
 
     @property
     def workflow_id(self) -> str:
-        """The id of the workflow running in this context."""
+        """The id of the workflow running in this context.
+
+        Raises:
+            NotInWorkflowError: outside a workflow.
+        """
         return context.require_workflow("durable.workflow_id").workflow_id
 
     def recv(self, topic: str | None = None, timeout: float = 60.0) -> Any:
         """The oldest message for this workflow on ``topic``, or None after
-        ``timeout`` seconds (a durable deadline). Exactly once per message."""
+        ``timeout`` seconds (a durable deadline: after a crash the wait
+        resumes with the time left). Each message is consumed by exactly one
+        ``recv``, in the transaction of the recv's checkpoint, and a replay
+        returns the same message. A wait longer than ``park_after`` parks.
+
+        Raises:
+            NotInWorkflowError: outside a workflow, or inside a step.
+            InvalidArgumentError: a bad topic or timeout.
+            WorkflowCancelledError: the workflow was cancelled or passed its
+                deadline while waiting (a ``BaseException``).
+        """
         return messaging.recv(self.services, topic, timeout)
 
     def sleep(self, seconds: float) -> None:
-        """Sleep durably: a recovered workflow sleeps only for what was left."""
+        """Sleep durably: the wake time is checkpointed, so a recovered
+        workflow sleeps only for what was left; a long sleep parks.
+
+        Raises:
+            NotInWorkflowError: outside a workflow, or inside a step.
+            InvalidArgumentError: ``seconds`` is not a number >= 0.
+            WorkflowCancelledError: cancelled while sleeping.
+        """
         messaging.sleep(self.services, seconds)
 
     def set_event(self, key: str, value: Any) -> None:
-        """Publish a key/value event of this workflow (last write wins)."""
+        """Publish a key/value event of this workflow (last write wins). A
+        checkpoint: a replay does not write it again. Wakes ``get_event``
+        waiters at once.
+
+        Raises:
+            NotInWorkflowError: outside a workflow, or inside a step.
+            InvalidArgumentError: a bad key.
+            MessageTooLargeError: the value is over ``max_message_bytes``.
+            SerializationError: the value cannot be serialized.
+        """
         messaging.set_event(self.services, key, value)
 
     def call(self, task: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -238,13 +308,28 @@ class Durable:
         per checkpoint with task id ``dbos-{workflow_id}-{seq}``, its result
         returned (or its exception raised) from the checkpoint the worker
         that ran it wrote. At-least-once: sent again, same id, only if the
-        worker running it died or no worker started it in time."""
+        worker running it died or no worker started it in time.
+
+        Raises:
+            NotInWorkflowError: outside a workflow, or inside a step.
+            InvalidArgumentError: a chain, group or chord, or not a task.
+            CallWouldDeadlockError: with ``park_after=None``, a single-slot
+                worker would wait for a task only it could run.
+            Exception: the task's own error, re-raised.
+        """
         return self._calls.call(task, args, kwargs)
 
     def gather(self, *tasks: Any) -> list[Any]:
         """Send several calls (``durable.task(...)`` or signatures) at once;
         their results in order, or, once all have settled, the first
-        failure in order. Each is its own checkpoint."""
+        failure in order. Each is its own checkpoint: after a crash only the
+        calls without an outcome are waited for (or sent again).
+
+        Raises:
+            NotInWorkflowError: outside a workflow, or inside a step.
+            InvalidArgumentError: a chain, group or chord among the calls.
+            Exception: the first failure in call order, once all settled.
+        """
         return self._calls.gather(tasks)
 
     def task(self, task: Any, /, *args: Any, **kwargs: Any) -> TaskCall:
@@ -267,7 +352,18 @@ class Durable:
         once per idempotency key however often the call is retried.
         ``connection`` (as for ``Workflow.start``): store it in that
         connection's open transaction; delivered once that commits, never if
-        it rolls back."""
+        it rolls back.
+
+        Raises:
+            NonExistentWorkflowError: no workflow ``destination_id``
+                (nothing is written).
+            InvalidArgumentError: a bad id, topic, key or ``connection``.
+            MessageTooLargeError: over ``max_message_bytes`` serialized.
+            SerializationError: the message cannot be serialized.
+            SendFromStepError: inside a step without an idempotency key.
+            DatabaseUnavailableError: the database did not answer within
+                ``database_retry_timeout`` (nothing was stored).
+        """
         messaging.send(self.services, destination_id, message, topic, idempotency_key,
                        connection)  # fmt: skip
 
@@ -289,7 +385,15 @@ class Durable:
         return await off_loop("aget_event", self.get_event, workflow_id, key, timeout)
 
     def get_event(self, workflow_id: str, key: str, timeout: float = 60.0) -> Any:
-        """The value of a workflow's event, waiting up to ``timeout`` for it."""
+        """The value of a workflow's event, waiting up to ``timeout`` for it;
+        None if it was not set by then. Inside a workflow the value (and the
+        wait's deadline) is checkpointed, and a long wait parks.
+
+        Raises:
+            InvalidArgumentError: a bad id, key or timeout.
+            DatabaseUnavailableError: the database did not answer within
+                ``database_retry_timeout``.
+        """
         return messaging.get_event(self.services, workflow_id, key, timeout)
 
     async def aretrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
@@ -297,7 +401,12 @@ class Durable:
         return await off_loop("aretrieve", self.retrieve, workflow_id)
 
     def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
-        """A handle to an existing workflow (NonExistentWorkflowError if none)."""
+        """A handle to an existing workflow.
+
+        Raises:
+            NonExistentWorkflowError: no workflow has this id.
+            InvalidArgumentError: a bad id.
+        """
         check_id(workflow_id, "workflow_id")
         if not self.services.store.now(workflows.workflow_exists, workflow_id):
             raise NonExistentWorkflowError(workflow_id)
@@ -325,7 +434,12 @@ class Durable:
         return management.list_workflows(self.services, query)
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
-        """The checkpoints recorded for a workflow, in order."""
+        """The checkpoints recorded for a workflow, in order (``seq`` as
+        ``fork`` counts them).
+
+        Raises:
+            NonExistentWorkflowError: no workflow has this id.
+        """
         check_id(workflow_id, "workflow_id")
         store = self.services.store
         rows = store.now(steps.list_steps, workflow_id)
@@ -338,14 +452,24 @@ class Durable:
         its next step, wait or sleep with status CANCELLED (a step already
         running finishes, but its checkpoint is not kept). True when this call
         cancelled it; False, and nothing changes, when it had ended already.
-        Its children are not cancelled."""
+        Its children are not cancelled. A waiting or parked workflow wakes at
+        once and ends.
+
+        Raises:
+            NonExistentWorkflowError: no workflow has this id.
+        """
         return management.cancel(self.services, workflow_id)
 
     def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
         """Run a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow again
         from its checkpoints (recovery count reset, deadline cleared). A live
         workflow is left alone; a finished one raises
-        WorkflowNotResumableError (fork it instead)."""
+        WorkflowNotResumableError (fork it instead).
+
+        Raises:
+            WorkflowNotResumableError: it ended SUCCESS or ERROR.
+            NonExistentWorkflowError: no workflow has this id.
+        """
         return management.resume(self.services, workflow_id, self._publish)[0]
 
     def garbage_collect(self, older_than: float | timedelta, keep_latest: int | None = None) -> int:
@@ -364,12 +488,27 @@ class Durable:
         """Start a new workflow with the same name and inputs that keeps the
         checkpoints at seq < ``from_step`` (as ``list_steps`` numbers them)
         and runs the rest again. ``new_id`` defaults to a UUID; forking to an
-        existing ``new_id`` of the same workflow returns its handle."""
+        existing ``new_id`` of the same workflow returns its handle.
+
+        Raises:
+            NonExistentWorkflowError: no workflow has this id.
+            InvalidArgumentError: ``from_step`` is not an int >= 0, or
+                ``new_id`` is the source's id.
+            ConflictingWorkflowIdError: ``new_id`` belongs to another
+                workflow.
+        """
         return management.fork(self.services, workflow_id, from_step, new_id, self._publish)[0]
 
     def migrate(self) -> list[int]:
         """Create or upgrade the schema now (otherwise done on first use);
-        the schema versions applied (empty: it was up to date)."""
+        the schema versions applied (empty: it was up to date). Safe with
+        many processes at once (an advisory lock; SQLite: the file lock).
+
+        Raises:
+            SchemaVersionError: the database's schema is newer than this
+                code.
+            DatabaseUnavailableError: the database did not answer.
+        """
         return self.services.store.migrate()
 
     # --- plumbing -----------------------------------------------------------

@@ -107,6 +107,11 @@ class SharedWorkflow(_Declaration, Generic[P, R]):
 
     @property
     def name(self) -> str:
+        """The workflow's name (its Celery task name).
+
+        Raises:
+            ConfigurationError: no Durable has been made yet.
+        """
         return self.bound().name
 
     @property
@@ -140,6 +145,11 @@ class SharedStep(_Declaration, Generic[P, R]):
 
     @property
     def name(self) -> str:
+        """The step's name, as its checkpoints record it.
+
+        Raises:
+            ConfigurationError: no Durable has been made yet.
+        """
         return self.bound().name
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:

@@ -55,6 +55,16 @@ def _error_text(codec: Serializer, error: bytes | None) -> str | None:
 
 @dataclass(frozen=True)
 class WorkflowStatus:
+    """A workflow's row as ``handle.status()`` and ``durable.list_workflows()``
+    read it: ``status`` is one of ENQUEUED, RUNNING, WAITING (parked),
+    SUCCESS, ERROR, CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED;
+    ``recovery_attempts`` counts the runs taken over from a worker that died;
+    ``executor_id`` is the worker process running it (None when queued or
+    parked); ``error`` is the recorded error as ``"Type: message"``;
+    ``deadline`` is set by a timeout; ``note`` says why it does not run, when
+    that is known (no live worker registers its name). A snapshot: it does
+    not change when the workflow does."""
+
     workflow_id: str
     name: str
     status: str
@@ -72,6 +82,8 @@ class WorkflowStatus:
     def from_row(
         cls, codec: Serializer, row: WorkflowRow, note: str | None = None
     ) -> WorkflowStatus:
+        """Build one from a store row (the library's use; callers get these
+        from ``status()`` and ``list_workflows()``)."""
         return cls(
             row.id, row.name, row.status, row.created_at, row.updated_at,
             row.recovery_attempts, row.executor_id, row.parent_id,
@@ -90,11 +102,15 @@ class StepInfo:
 
     @classmethod
     def from_row(cls, codec: Serializer, row: StepRow) -> StepInfo:
+        """Build one from a store row (the library's use; callers get these
+        from ``durable.list_steps()``)."""
         return cls(row.seq, row.name, codec.loads(row.output), _error_text(codec, row.error))
 
 
 class WorkflowHandle(Generic[R]):
-    """A reference to a workflow by id, from any process."""
+    """A reference to a workflow by id, from any process: what ``start``,
+    ``durable.retrieve`` and ``durable.resume`` return. It holds only the id
+    (``workflow_id``); each call reads the database."""
 
     def __init__(self, sv: Services, workflow_id: str) -> None:
         self.sv = sv
@@ -113,6 +129,14 @@ class WorkflowHandle(Generic[R]):
         return await off_loop("astatus", self.status)
 
     def status(self) -> WorkflowStatus:
+        """The workflow's status now (a snapshot).
+
+        Raises:
+            NonExistentWorkflowError: no workflow has this id (or it was
+                garbage-collected).
+            DatabaseUnavailableError: the database did not answer within
+                ``database_retry_timeout``.
+        """
         sv = self.sv
         row = sv.store.now(workflows.get_workflow, self.workflow_id)
         if row is None:
@@ -131,7 +155,19 @@ class WorkflowHandle(Generic[R]):
         """The workflow's output, or its error raised. Inside a workflow the
         outcome is checkpointed, so a replay does not wait again, and so is
         the deadline of ``timeout`` (a replay waits only for the time that
-        was left; a timeout is recorded and raised again on replay)."""
+        was left; a timeout is recorded and raised again on replay), and a
+        long wait parks (frees the worker slot). ``timeout=None`` waits as
+        long as it takes.
+
+        Raises:
+            ResultTimeoutError: not finished within ``timeout`` seconds (also
+                a builtin ``TimeoutError``); the workflow goes on.
+            WorkflowFailedError: it ended CANCELLED or
+                MAX_RECOVERY_ATTEMPTS_EXCEEDED.
+            NonExistentWorkflowError: no workflow has this id.
+            Exception: the workflow's own error, re-raised as its type where
+                that class is importable here, else ``StepError``.
+        """
         check_timeout(timeout, allow_none=True)
         ctx = context.current()
         if ctx is None or ctx.in_step:
@@ -197,7 +233,11 @@ class WorkflowHandle(Generic[R]):
 
 
 class Workflow(Generic[P, R]):
-    """A durable workflow function, registered as a Celery task."""
+    """A durable workflow function, registered as a Celery task: what
+    ``@durable.workflow()`` returns. ``name`` is its Celery task name,
+    ``task`` the task (whose message carries only the workflow id), ``fn``
+    the function. Start it with ``start`` (or ``start_with``); calling it
+    runs it durably in the calling thread."""
 
     def __init__(
         self,
@@ -249,6 +289,20 @@ class Workflow(Generic[P, R]):
         ``workflow_id``, ``timeout`` and ``connection`` belong to ``start``:
         for a workflow with a parameter of one of those names, use
         ``start_with``.
+
+        Once ``start`` returns, the workflow runs to completion, across
+        worker crashes (its row is committed before the message is
+        published; a lost message is re-published by the recovery sweep).
+
+        Raises:
+            InvalidArgumentError: a bad ``workflow_id``, ``timeout`` or
+                ``connection`` (nothing is written).
+            SerializationError: the arguments cannot be serialized.
+            ConflictingWorkflowIdError: the id belongs to another workflow
+                (a second start of this one is not an error, whatever its
+                inputs: it returns the existing workflow's handle).
+            DatabaseUnavailableError: the database did not answer within
+                ``database_retry_timeout`` (nothing was written).
         """
         return self.start_with(args, kwargs, workflow_id=workflow_id, timeout=timeout,
                                connection=connection)  # fmt: skip

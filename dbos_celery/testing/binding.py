@@ -44,6 +44,10 @@ TEST_CELERY_CONFIG: dict[str, Any] = {
     "result_backend": "cache+memory://",
     "worker_hijack_root_logger": False,
 }
+"""The Celery settings a test's app runs on by default (``durable_celery_config``):
+the in-memory broker polled every 50 ms, the ``cache+memory://`` result
+backend, and pytest's log capture left alone. Extend it rather than replace
+it: ``{**TEST_CELERY_CONFIG, "task_time_limit": 30}``."""
 
 # Durable options a test may change: those of Durable.using() but the
 # database ones (database_url, engine, schema), which the test database decides

@@ -27,6 +27,10 @@ R = TypeVar("R")
 # workflow did: the durable deadline of a wait, the dispatch record of a
 # durable.call (its outcome, ``durable.call:<task>``, is kept)
 BOOKKEEPING = ("durable.deadline", "durable.dispatch:*")
+"""The checkpoints that ``durable_steps``, ``assert_steps`` and
+``recorded_steps`` leave out unless given ``ignore=()``: the durable
+deadline of a wait and the dispatch record of a ``durable.call`` (a
+trailing ``*`` matches any suffix)."""
 
 # the default wait for a workflow to finish, in seconds
 TIMEOUT = 30.0

@@ -40,6 +40,9 @@ _URL = pytest.StashKey[str | None]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
+    """Add ``--dbos-database-url URL`` and the ``dbos_database_url`` ini
+    setting: the Postgres database the tests' workflows run on (a fresh
+    schema per test); without either, a SQLite file per test."""
     group = parser.getgroup("dbos_celery", "dbos_celery durable workflows")
     group.addoption(
         _OPTION, dest="dbos_database_url", default=None, metavar="URL",
@@ -51,6 +54,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``durable(**options)`` mark and read the database URL
+    once.
+
+    Raises:
+        pytest.UsageError: the URL is not a Postgres one (the run stops).
+    """
     config.addinivalue_line(
         "markers",
         "durable(**options): Durable options for this test (as durable_options returns)",

@@ -32,6 +32,16 @@ class DjangoTransactions:
 
     @contextmanager
     def transaction(self) -> Iterator[tuple[Any, DBAPIConnection]]:
+        """A ``transaction.atomic(using=alias)`` block on the calling
+        thread's Django connection: yields that connection (what
+        ``durable.connection`` is in the step) and its driver connection (where
+        the checkpoint is written). Commits when the block ends, rolls back
+        if it raises.
+
+        Raises:
+            ConfigurationError: the connection's driver is neither psycopg 3
+                nor sqlite3.
+        """
         with transaction.atomic(using=self.alias):
             conn = connections[self.alias]
             conn.ensure_connection()
