@@ -2,14 +2,16 @@
 
 JSON by default: safe to read back from a shared database. Apps that chose
 pickle for Celery can choose it here too (``Durable(serializer="pickle")``).
-Recorded exceptions are stored as plain data (type name, message, args) and
-rebuilt only from classes already imported in the process: nothing is
-imported or unpickled because the database said so.
+Recorded exceptions are stored as plain data (type name, message, args, and
+the formatted traceback for people to read) and rebuilt only from classes
+already imported in the process: nothing is imported or unpickled because
+the database said so.
 """
 
 from __future__ import annotations
 
 import sys
+import traceback
 from typing import Any
 
 from kombu.serialization import dumps, loads, registry
@@ -61,6 +63,8 @@ class Serializer:
             "message": str(exc),
             "args": args,
         }
+        if exc.__traceback__ is not None:  # for people (the dashboard); never read back
+            record["traceback"] = _traceback_text(exc)
         return self.dumps(record, "error")
 
     def loads_error(self, data: bytes) -> BaseException:
@@ -68,6 +72,17 @@ class Serializer:
         return rebuild_exception(
             record["module"], record["qualname"], record["message"], record["args"]
         )
+
+
+MAX_TRACEBACK = 16_000  # characters kept of a recorded traceback: its head and its tail
+
+
+def _traceback_text(exc: BaseException) -> str:
+    text = "".join(traceback.format_exception(exc))
+    if len(text) <= MAX_TRACEBACK:
+        return text
+    half = MAX_TRACEBACK // 2
+    return f"{text[:half]}\n... ({len(text) - 2 * half} characters cut) ...\n{text[-half:]}"
 
 
 def rebuild_exception(
