@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import ConfigurationError, SchemaVersionError
 from ..keys import migration_lock
-from .tables import call_keys, messages, metadata, worker_workflows, workflows
+from .tables import call_keys, messages, metadata, steps, worker_workflows, workflows
 from .tables import schema_version as schema_version_table
 
 log = logging.getLogger("dbos_celery")
@@ -117,9 +117,16 @@ def _v11(conn: Connection) -> None:
         )
 
 
+def _v12(conn: Connection) -> None:
+    """The checkpoints by time, for the steps-per-second metric."""
+    for index in steps.indexes:
+        if index.name == "ix_steps_created":
+            index.create(conn, checkfirst=True)
+
+
 # index i holds the migration to version i + 1; append, never edit
 MIGRATIONS: list[Callable[[Connection], None]] = [
-    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11,
+    _v1, _v2, _v3, _v4, _v5, _v6, _v7, _v8, _v9, _v10, _v11, _v12,
 ]  # fmt: skip
 LATEST_VERSION = len(MIGRATIONS)
 
