@@ -1,4 +1,5 @@
-"""The ``dbos-celery`` command: migrations, workflow inspection and management.
+"""The ``dbos-celery`` command: migrations, workflow inspection and management,
+the web dashboard and its metrics.
 
 Exit codes scripts can rely on: 0 success (also a cancel of a workflow that
 had ended already, a no-op), 1 any other error (e.g. resuming a finished
@@ -118,12 +119,81 @@ def _parser() -> argparse.ArgumentParser:
     )
     verbs = p.add_subparsers(dest="verb", required=True)
     verbs.add_parser("migrate", help="create or upgrade the schema")
+    _dashboard_verbs(verbs)
     _workflow_verbs(
         verbs.add_parser("workflow", help="inspect and manage workflows").add_subparsers(
             dest="action", required=True
         )
     )
     return p
+
+
+def _port(value: str) -> int:
+    got = _count(value)
+    if not 0 < got < 65536:
+        raise argparse.ArgumentTypeError(f"a TCP port expected, got {value!r}")
+    return got
+
+
+def _dashboard_verbs(verbs: Any) -> None:
+    """``dashboard`` and ``metrics`` (the ``dashboard`` extra)."""
+    d = verbs.add_parser(
+        "dashboard",
+        help="serve the web dashboard (pip install 'dbos-celery[dashboard]')",
+        description="Serve the web dashboard: workflows, their steps, messages and events, "
+        "actions, and /metrics. Without --token a random token is made and printed in the "
+        "URL to open; a non-loopback --host without a token is refused.",
+    )
+    d.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    d.add_argument("--port", type=_port, default=8765, help="port (default 8765)")
+    d.add_argument(
+        "--token",
+        default=os.environ.get("DBOS_CELERY_DASHBOARD_TOKEN"),
+        help="the token every request needs (default: $DBOS_CELERY_DASHBOARD_TOKEN, else a "
+        "random one, printed)",
+    )
+    d.add_argument("--read-only", action="store_true", help="no actions (send, cancel, ...)")
+    d.add_argument(
+        "--broker-url",
+        default=os.environ.get("DBOS_CELERY_BROKER_URL"),
+        help="Celery broker to publish resumed, forked and woken workflows to (default: "
+        "$DBOS_CELERY_BROKER_URL; none: a worker's recovery sweep publishes them later)",
+    )
+    verbs.add_parser(
+        "metrics",
+        help="print the dbos_celery_* Prometheus metrics once (the dashboard extra)",
+    )
+
+
+def _serve_dashboard(args: argparse.Namespace) -> int:
+    try:
+        from .dashboard.serve import Options, Refused, serve
+    except ImportError as exc:
+        _note(f"the dashboard needs its extra: pip install 'dbos-celery[dashboard]' ({exc})")
+        return EXIT_ERROR
+    options = Options(
+        args.database_url, args.schema, args.host, args.port, args.token or None,
+        args.read_only, args.broker_url or None, args.retry_timeout,
+    )  # fmt: skip
+    try:
+        return serve(options)
+    except Refused as exc:
+        _note(str(exc))
+        return EXIT_USAGE
+
+
+def _print_metrics(durable: Durable) -> int:
+    try:
+        from .dashboard.metrics import exposition
+    except ImportError as exc:
+        _note(f"metrics need the dashboard extra: pip install 'dbos-celery[dashboard]' ({exc})")
+        return EXIT_ERROR
+    text = exposition(durable)
+    sys.stdout.write(text.decode())
+    if b"\ndbos_celery_database_up 0.0" in text:
+        _note("the database did not answer (dbos_celery_database_up 0)")
+        return EXIT_DB
+    return EXIT_OK
 
 
 def _workflow_verbs(wf: Any) -> None:
@@ -313,6 +383,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         print("dbos-celery: no database: pass --database-url or set "
               "DBOS_CELERY_DATABASE_URL", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
+    if args.verb == "dashboard":
+        return _serve_dashboard(args)
     durable = Durable(
         Celery("dbos-celery-cli"),
         args.database_url,
@@ -324,6 +396,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             for version in durable.migrate():
                 print(f"applied migration {version} of {LATEST_VERSION}")
             print(f"schema {args.schema!r} is up to date (version {LATEST_VERSION})")
+        elif args.verb == "metrics":
+            return _print_metrics(durable)
         elif args.action == "list":
             found = durable.list_workflows(
                 status=args.status, name=args.name, parent=args.parent, limit=args.limit,
