@@ -100,7 +100,8 @@ def filters(q: PageQuery) -> dict[str, str]:
             out[key] = value
     for key, when in (("from", q.created_after), ("to", q.created_before)):
         if when is not None:
-            out[key] = when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+            utc = when.astimezone(timezone.utc)
+            out[key] = utc.strftime("%Y-%m-%dT%H:%M:%S" + (".%f" if utc.microsecond else ""))
     return out
 
 
