@@ -42,8 +42,7 @@ class Pages:
             if site.store.now(inspect.workflow_record, q.id_prefix) is not None:
                 base = request.scope.get("root_path", "").rstrip("/")
                 return RedirectResponse(f"{base}/workflows/{path_part(q.id_prefix)}", 303)
-        rows = site.store.now(inspect.workflow_page, q)
-        counts = site.store.now(inspect.status_counts, q, COUNT_CAP)
+        rows, counts = site.store.run(inspect.listing, q, COUNT_CAP)
         filters = paging.filters(q)
         live = request.query_params.get("live") != "0"
         here = {**filters}

@@ -121,6 +121,22 @@ def page_statement(q: PageQuery) -> Any:
     return select(*_LISTED).where(*where).order_by(*order).limit(q.limit)
 
 
+_CUSTOM_PLANS = select(func.set_config("plan_cache_mode", "force_custom_plan", True))
+
+
+def listing(
+    ex: Executor, q: PageQuery, cap: int
+) -> tuple[list[ListedWorkflow], dict[str, int]]:
+    """A page of workflows and the counts by status (``status_counts``).
+    Run it in a transaction: on Postgres each statement is planned for its
+    own filter values (a name of ten rows and one of half the table want
+    different plans; the driver's prepared statements would otherwise
+    settle on one generic plan for all after five runs)."""
+    if not ex.sqlite:
+        ex.rows(_CUSTOM_PLANS)
+    return workflow_page(ex, q), status_counts(ex, q, cap)
+
+
 def workflow_page(ex: Executor, q: PageQuery) -> list[ListedWorkflow]:
     """Up to ``q.limit`` workflows, newest first."""
     rows = ex.rows(page_statement(q), cache=False)
