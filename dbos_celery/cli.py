@@ -180,6 +180,9 @@ def _serve_dashboard(args: argparse.Namespace) -> int:
     except Refused as exc:
         _note(str(exc))
         return EXIT_USAGE
+    except OSError as exc:  # the port is taken, the address is not ours
+        _note(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
+        return EXIT_ERROR
 
 
 def _print_metrics(durable: Durable) -> int:

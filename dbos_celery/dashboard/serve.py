@@ -9,6 +9,7 @@ answered (a page of another site cannot reach it by DNS rebinding).
 
 from __future__ import annotations
 
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -48,9 +49,24 @@ def url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket (so that the URL is printed once it answers)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def serve(o: Options) -> int:
     """Run until interrupted; the exit code."""
     check_bind(o.host, o.token)
+    sock = listen(o.host, o.port)
     token = o.token or new_token()
     loopback = is_loopback(o.host)
     app = create_app(
@@ -70,6 +86,6 @@ def serve(o: Options) -> int:
               "published by a worker's recovery sweep (after enqueued_timeout)",
               file=sys.stderr)  # fmt: skip
     sys.stderr.flush()
-    uvicorn.run(app, host=o.host, port=o.port, log_level="warning", access_log=False,
-                server_header=False)  # fmt: skip
+    config = uvicorn.Config(app, log_level="warning", access_log=False, server_header=False)
+    uvicorn.Server(config).run(sockets=[sock])
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -114,6 +115,11 @@ def test_the_dashboard_refuses_an_open_bind_without_a_token(env: Env) -> None:
         done = _cli(env, "dashboard", "--host", host, "--port", str(free_port()))
         assert done.returncode == 2 and "without a token" in done.stderr, done.stderr
     assert _cli(env, "dashboard", "--port", "0").returncode == 2
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        done = _cli(env, "dashboard", "--port", str(taken.getsockname()[1]))
+        assert done.returncode == 1 and "cannot listen" in done.stderr, done.stderr
     helped = _cli(env, "dashboard", "--help")
     assert helped.returncode == 0 and "--read-only" in helped.stdout
 
