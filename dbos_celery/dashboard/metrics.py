@@ -9,7 +9,7 @@ that reads it (the dashboard, ``dbos-celery metrics``, or your own app).
 
 Every metric is a gauge named ``dbos_celery_*`` (see ``FAMILIES``). One
 scrape runs six statements; the count by status and name reads the whole
-workflows table (about 0.15 s on 10^6 rows, see docs/dashboard.md), the
+workflows table (0.2-0.3 s on 10^6 rows, see docs/dashboard.md), the
 others are index lookups.
 """
 
