@@ -140,11 +140,14 @@ class Server:
     def finished(self, widget_id: int, worker: WorkerProcess) -> dict[str, Any]:
         """The widget once its workflow has ended (whichever way)."""
         live = ("ENQUEUED", "PENDING", "WAITING")
-        return wait_for(  # type: ignore[no-any-return]
-            lambda: (w := self.widget(widget_id))["workflow"] not in live and w,
+        wait_for(
+            lambda: self.widget(widget_id)["workflow"] not in live,
             60,
             lambda: self.describe() + "\n" + worker.describe(),
         )
+        # read again: the view reads the widget before the workflow's status,
+        # not in one snapshot, so the read that saw it ended may be older
+        return self.widget(widget_id)
 
     def stop(self) -> None:
         self.http.close()
