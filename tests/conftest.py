@@ -83,7 +83,8 @@ def env(services: None, request: pytest.FixtureRequest) -> Iterator[Env]:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests marked ``backends`` run on both; DBOS_TEST_BACKEND=sqlite runs
+    """Tests marked ``backends`` run on both (SQLite under -m slow);
+    DBOS_TEST_BACKEND=sqlite runs
     every test that takes an `env` on SQLite only (a developer's check)."""
     if "env" not in metafunc.fixturenames:
         return
@@ -91,7 +92,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if only:
         metafunc.parametrize("env", [only], indirect=True)
     elif metafunc.definition.get_closest_marker("backends"):
-        metafunc.parametrize("env", ["postgres", "sqlite"], indirect=True)
+        # the SQLite variants run under -m slow (and DBOS_TEST_BACKEND=sqlite);
+        # the default run keeps the suite short, tests/integration/test_sqlite.py
+        # and the examples' embedded runs cover the file backend
+        lite = pytest.param("sqlite", marks=pytest.mark.slow)
+        metafunc.parametrize("env", ["postgres", lite], indirect=True)
 
 
 AMQP_URL = os.environ.get("DBOS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

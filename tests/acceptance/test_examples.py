@@ -178,6 +178,7 @@ def test_example_on_postgres_and_redis_prints_what_it_recorded(env: Env, name: s
     CHECKS[name](run([PYTHON, "-m", f"examples.{name}.app"], server_env(env)), env.sql)
 
 
+@pytest.mark.slow  # the example itself runs in test_example_runs_with_no_servers
 def test_approval_waits_parked_on_a_worker_until_approve_script_decides(
     env: Env, workers: list[WorkerProcess]
 ) -> None:

@@ -79,10 +79,10 @@ def _many_parked(env: Env, workers: list[WorkerProcess], ns: SimpleNamespace, n:
 def test_two_slots_hold_hundreds_of_parked_workflows(
     env: Env, workers: list[WorkerProcess], ns: SimpleNamespace
 ) -> None:
-    """300 workflows wait in recv (10 min) on a worker with concurrency 2:
+    """100 workflows wait in recv (10 min) on a worker with concurrency 2:
     all are WAITING at once with no executor; sends complete every one, and
-    never more than 2 runs overlap."""
-    _many_parked(env, workers, ns, 300)
+    never more than 2 runs overlap (2000 under -m slow)."""
+    _many_parked(env, workers, ns, 100)
 
 
 @pytest.mark.slow
