@@ -56,7 +56,7 @@ def _error_text(codec: Serializer, error: bytes | None) -> str | None:
 @dataclass(frozen=True)
 class WorkflowStatus:
     """A workflow's row as ``handle.status()`` and ``durable.list_workflows()``
-    read it: ``status`` is one of ENQUEUED, RUNNING, WAITING (parked),
+    read it: ``status`` is one of ENQUEUED, PENDING (running), WAITING (parked),
     SUCCESS, ERROR, CANCELLED, MAX_RECOVERY_ATTEMPTS_EXCEEDED;
     ``recovery_attempts`` counts the runs taken over from a worker that died;
     ``executor_id`` is the worker process running it (None when queued or
