@@ -63,13 +63,14 @@ def build(env: dict[str, str]) -> SimpleNamespace:
     # --- messaging.py ---
 
     @durable.workflow(name="bench.receiver")
-    def receiver(n: int) -> list[float]:
-        """recv n messages {"t": send time}; seconds from send to recv returning."""
-        lat = []
+    def receiver(n: int) -> list[list[float]]:
+        """recv n messages {"t": send time}; per message [its stamp, the
+        time its recv returned] (epoch seconds)."""
+        got = []
         for _ in range(n):
             m = durable.recv(timeout=60)
-            lat.append(time.time() - m["t"])
-        return lat
+            got.append([m["t"], time.time()])
+        return got
 
     # --- parking.py ---
 

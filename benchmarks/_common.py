@@ -155,7 +155,7 @@ def bare_pubsub_hops(n: int = 1000, spacing: float = 0.002) -> list[float]:
 
 
 class Worker:
-    """``celery -A <app> worker`` (prefork) for one schema/queue."""
+    """``celery -A <app> worker -P <pool>`` for one schema/queue."""
 
     def __init__(
         self,
@@ -163,13 +163,14 @@ class Worker:
         queue: str,
         concurrency: int = 2,
         app: str = "benchmarks._app",
+        pool: str = "prefork",
     ) -> None:
         self.log = Path(f"/tmp/dbos_celery_bench/{env['BENCH_SCHEMA']}-{time.time_ns()}.log")
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.hostname = f"bench-{uuid.uuid4().hex[:8]}@localhost"
         cmd = [
             sys.executable, "-m", "celery", "-A", app, "worker",
-            "-P", "prefork", "-c", str(concurrency), "-l", "warning", "-Q", queue,
+            "-P", pool, "-c", str(concurrency), "-l", "warning", "-Q", queue,
             "-n", self.hostname, "--without-mingle", "--without-gossip", "--without-heartbeat",
         ]  # fmt: skip
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

@@ -1,18 +1,22 @@
 """send -> recv wakeup latency, and sends per second.
 
-    python benchmarks/messaging.py
+    python benchmarks/messaging.py      # BENCH_POOLS=prefork,threads,gevent
 
-A workflow on a `celery worker` subprocess loops ``durable.recv()``; this
-process sends it messages carrying their send time (``time.time()`` taken
-before ``send``), and the workflow returns, per message, the time from that
-stamp to its ``recv`` returning.  Once with Redis wakeups, once with polling
-only (``redis_url=None``).  Next to them, the floor measured in the same run:
-one bare INSERT + COMMIT (psycopg) and one Redis PUBLISH -> subscriber thread
-hop.  Target: wakeup p50 <= 1.1 ms, p99 <= 3 ms.
+A workflow on a `celery worker` subprocess (-c 2, each pool in turn) loops
+``durable.recv()``; this process sends it messages carrying their send time
+(``time.time()`` taken before ``send``), 5, 50 and 500 ms apart, and the
+workflow returns, per message, when its ``recv`` returned. Printed: stamp ->
+recv returned, and its parts (the send call: commit and PUBLISH; then the
+worker's hops: subscriber wake, waiter wake, consume statement, return).
+Then once with polling only (``redis_url=None``). Next to them, the floor
+measured in the same run: one bare INSERT + COMMIT (psycopg) and one Redis
+PUBLISH -> subscriber thread hop. Target: p50 <= 1.3 ms, p99 <= 3 ms at 50
+and 500 ms apart, on every pool.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import statistics
@@ -34,21 +38,26 @@ from benchmarks._common import (  # noqa: E402
     machine,
     ms,
     new_schema,
+    pct,
     sql,
     summary,
     table,
 )
 
-MESSAGES = int(os.environ.get("BENCH_MESSAGES", 500))
+# (seconds between messages, how many): as users see it, spaced apart, and
+# back to back
+SPACINGS = [(0.005, int(os.environ.get("BENCH_MESSAGES", 300))), (0.05, 200), (0.5, 30)]
 POLL_MESSAGES = int(os.environ.get("BENCH_POLL_MESSAGES", 50))
 SENDS = int(os.environ.get("BENCH_SENDS", 2000))
 
 
-def wakeup_latencies(
+def wakeup_timeline(
     ns: SimpleNamespace, schema: str, wid: str, n: int, spacing: Callable[[], float]
-) -> list[float]:
+) -> tuple[list[float], list[float], list[float]]:
     """Start a receiver of n messages on the worker, wait until it is blocked
-    in recv, send n stamped messages ``spacing()`` seconds apart."""
+    in recv, send n stamped messages ``spacing()`` seconds apart. Per
+    message, seconds: stamp -> recv returned, the send call (commit and
+    PUBLISH), and send returned -> recv returned (the hops in the worker)."""
     handle = ns.receiver.start(n, workflow_id=wid)
     deadline = time.monotonic() + 30
     # waiting = its recv has checkpointed the deadline (seq 1)
@@ -58,13 +67,27 @@ def wakeup_latencies(
         time.sleep(0.01)
     time.sleep(0.2)
     send = ns.durable.send
+    returned: dict[float, float] = {}
     due = time.perf_counter()
     for _ in range(n):
         due += spacing()
         while (left := due - time.perf_counter()) > 0:
             time.sleep(left if left > 0.002 else 0)  # spin for the last 2 ms
-        send(wid, {"t": time.time()})
-    return handle.result(timeout=60)
+        t = time.time()
+        send(wid, {"t": t})
+        returned[t] = time.time()
+    got = handle.result(timeout=60 + n * 0.6)
+    total = [r - t for t, r in got]
+    call = [returned[t] - t for t, _ in got]
+    after = [r - returned[t] for t, r in got]
+    return total, call, after
+
+
+def wakeup_latencies(
+    ns: SimpleNamespace, schema: str, wid: str, n: int, spacing: Callable[[], float]
+) -> list[float]:
+    """Seconds from each stamped send to its recv returning (wakeup_timeline)."""
+    return wakeup_timeline(ns, schema, wid, n, spacing)[0]
 
 
 def sends_per_second(ns: SimpleNamespace, destination: str) -> tuple[float, list[float]]:
@@ -83,6 +106,19 @@ def row(name: str, values: list[float]) -> tuple[str, ...]:
     return (name, ms(p50), ms(p99), ms(mean), str(len(values)))
 
 
+def pools() -> list[str]:
+    """The worker pools to measure (BENCH_POOLS); gevent only if installed
+    (the bench extra)."""
+    wanted = os.environ.get("BENCH_POOLS", "prefork,threads,gevent").split(",")
+    have = []
+    for pool in wanted:
+        if pool == "gevent" and importlib.util.find_spec("gevent") is None:
+            print("  (gevent is not installed: pip install -e '.[bench]')", flush=True)
+            continue
+        have.append(pool)
+    return have
+
+
 def main() -> None:
     schema = new_schema()
     env = app_env(schema, f"{schema}_q")
@@ -95,28 +131,37 @@ def main() -> None:
         bare = bare_commits(schema, 500)
         hops = bare_pubsub_hops(1000)
 
-        worker = Worker(env, ns.queue).wait_ready(ns.app)
-        redis_lat = wakeup_latencies(ns, schema, "recv-redis", MESSAGES, lambda: 0.005)
-        rate, send_times = sends_per_second(ns, "recv-redis")
-        worker.stop()
+        head = ("", "p50", "p99", "mean", "n")
+        wakeups = [head]
+        timeline = [("pool, spacing", "send call p50", "send returned -> recv p50", "total p50")]
+        rate, send_times = 0.0, []
+        for pool in pools():
+            worker = Worker(env, ns.queue, pool=pool).wait_ready(ns.app)
+            for spacing, n in SPACINGS:
+                wid = f"recv-{pool}-{spacing}"
+                total, call, after = wakeup_timeline(ns, schema, wid, n, lambda s=spacing: s)
+                label = f"{pool} -c 2, {spacing * 1000:g} ms apart"
+                wakeups.append(row(label, total))
+                parts = (statistics.median(call), statistics.median(after))
+                timeline.append((label, *(ms(x) for x in parts), ms(statistics.median(total))))
+                print(f"  {label}: p50 {ms(pct(total, 50))}, p99 {ms(pct(total, 99))}", flush=True)
+            if pool == "prefork":
+                rate, send_times = sends_per_second(ns, wid)
+            worker.stop()
+            worker = None
+        wakeups.append(("target (50 and 500 ms apart)", "<= 1.3 ms", "<= 3 ms"))
 
         worker = Worker(poll_env, ns_poll.queue).wait_ready(ns_poll.app)
         poll_lat = wakeup_latencies(
             ns_poll, schema, "recv-poll", POLL_MESSAGES, lambda: random.uniform(0.02, 0.2)
         )
         poll_interval = ns_poll.durable.services.settings.poll_interval
+        wakeups.append(row(f"prefork, polling only (poll_interval={poll_interval:g} s)",
+                           poll_lat))  # fmt: skip
 
         table("machine", machine())
-        head = ("", "p50", "p99", "mean", "n")
-        table(
-            "send -> recv wakeup, waiting workflow on a celery worker (prefork, -c 2)",
-            [
-                head,
-                row("Redis wakeups (5 ms apart)", redis_lat),
-                row(f"polling only (poll_interval={poll_interval:g} s)", poll_lat),
-                ("target (Redis wakeups)", "<= 1.1 ms", "<= 3 ms"),
-            ],
-        )
+        table("send -> recv wakeup, stamp before send() -> recv returned (Redis wakeups)", wakeups)
+        table("where the time goes (p50 of each part)", timeline)
         table(
             "sends from one producer (outside a workflow, Redis wakeups)",
             [
