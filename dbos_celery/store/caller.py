@@ -102,18 +102,19 @@ def _django(connection: Any) -> tuple[psycopg.Connection[Any], Hook | None] | No
     return raw, connection.on_commit
 
 
-# the database identity seen on each caller connection, and our own
+# the database identity seen on each caller connection, and each store's own
 _seen: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[Any, ...]] = (
     weakref.WeakKeyDictionary()
 )
-_ours: dict[int, tuple[Any, ...]] = {}
+_ours: weakref.WeakKeyDictionary[Database, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
 def _identity(store: Database, fresh: bool = False) -> tuple[Any, ...]:
-    key = id(store)
-    if fresh or key not in _ours:
-        _ours[key] = store.now(database_identity)
-    return _ours[key]
+    """The store's database identity (read again with ``fresh``: the server
+    may have restarted since)."""
+    if fresh or store not in _ours:
+        _ours[store] = store.now(database_identity)
+    return _ours[store]
 
 
 def transaction_of(store: Database, connection: Any) -> CallerTransaction:
