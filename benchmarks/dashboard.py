@@ -149,8 +149,11 @@ def main() -> None:
                 page_rows.append((label, ms(http), ms(took), scans, ms(ctook), cscans))
                 print(f"  {label}: {ms(http)}", flush=True)
             bare_limit = timed(lambda: conn.execute(f"SELECT * FROM {w} LIMIT 50").fetchall())
-            bare_newest = timed(lambda: conn.execute(
-                f"SELECT * FROM {w} ORDER BY created_at DESC, id DESC LIMIT 50").fetchall())
+            bare_newest = timed(
+                lambda: conn.execute(
+                    f"SELECT * FROM {w} ORDER BY created_at DESC, id DESC LIMIT 50"
+                ).fetchall()
+            )
             failed = sql(f"SELECT id FROM {w} WHERE status = 'ERROR' LIMIT 1")[0][0]
             detail = timed(lambda: client.get(f"/workflows/{failed}"))
             metrics_http = timed(lambda: client.get("/metrics"))
