@@ -31,7 +31,7 @@ HOSTILE = (
 # an id that also needs URL escaping: a slash, a query, a fragment, a percent
 HOSTILE_ID = 'wf/../?a=1#x%2F <b data-xss="id">' + "\u2603"
 HOSTILE_TOPIC = 'topic"><b data-xss="topic">&lt;'
-HOSTILE_TOPIC2 = "</code></pre><b data-xss=\"topic2\">'"
+HOSTILE_TOPIC2 = '</code></pre><b data-xss="topic2">\''
 
 
 def free_port() -> int:

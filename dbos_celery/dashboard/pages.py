@@ -143,4 +143,3 @@ EVENTS_LIMIT = 200
 
 def replace_payload(m: inspect.Message, text: str | None) -> dict[str, Any]:
     return {"id": m.id, "topic": m.topic, "created_at": m.created_at, "payload": text}
-

@@ -124,9 +124,7 @@ def page_statement(q: PageQuery) -> Any:
 _CUSTOM_PLANS = select(func.set_config("plan_cache_mode", "force_custom_plan", True))
 
 
-def listing(
-    ex: Executor, q: PageQuery, cap: int
-) -> tuple[list[ListedWorkflow], dict[str, int]]:
+def listing(ex: Executor, q: PageQuery, cap: int) -> tuple[list[ListedWorkflow], dict[str, int]]:
     """A page of workflows and the counts by status (``status_counts``).
     Run it in a transaction: on Postgres each statement is planned for its
     own filter values (a name of ten rows and one of half the table want
@@ -143,8 +141,9 @@ def workflow_page(ex: Executor, q: PageQuery) -> list[ListedWorkflow]:
     if q.after is not None:
         rows.reverse()
     return [
-        ListedWorkflow(r[0], r[1], r[2], _when(r[3]), _when(r[4]), r[5], r[6], r[7], r[8],
-                       (r[3], r[0]))  # fmt: skip
+        ListedWorkflow(
+            r[0], r[1], r[2], _when(r[3]), _when(r[4]), r[5], r[6], r[7], r[8], (r[3], r[0])
+        )  # fmt: skip
         for r in rows
     ]
 
@@ -367,6 +366,5 @@ def workers_by_id(ex: Executor, worker_ids: list[str]) -> dict[str, WorkerInfo]:
         return {}
     rows = ex.rows(_WORKERS, {"ids": sorted(set(worker_ids))})
     return {
-        r[0]: WorkerInfo(r[0], r[1], int(r[2]), _when(r[3]), _when(r[4]), float(r[5]))
-        for r in rows
+        r[0]: WorkerInfo(r[0], r[1], int(r[2]), _when(r[3]), _when(r[4]), float(r[5])) for r in rows
     }

@@ -112,8 +112,11 @@ def test_every_action_needs_the_token_and_the_csrf_value(env: Env, ns: SimpleNam
     for action in ACTIONS:
         got = _post(stranger, action, csrf, confirmed="yes")
         assert got.status_code == 401, action  # no session
-        got = stranger.post(f"/actions/{action}", data={"id": _target(action), **ACTIONS[action],
-                            "confirmed": "yes"}, headers={"authorization": "Bearer wrong-token"})
+        got = stranger.post(
+            f"/actions/{action}",
+            data={"id": _target(action), **ACTIONS[action], "confirmed": "yes"},
+            headers={"authorization": "Bearer wrong-token"},
+        )
         assert got.status_code == 401, action
         assert _post(client, action, None, confirmed="yes").status_code == 403, action
         assert _post(client, action, "0" * 64, confirmed="yes").status_code == 403, action
@@ -142,9 +145,7 @@ def test_every_action_needs_the_token_and_the_csrf_value(env: Env, ns: SimpleNam
     statuses = dict(env.sql("SELECT id, status FROM {schema}.workflows"))
     assert statuses["queued"] == "CANCELLED" and statuses["stopped"] == "ENQUEUED"
     assert statuses["forked"] == "ENQUEUED"
-    assert env.sql("SELECT count(*) FROM {schema}.messages WHERE destination_id = 'done'") == [
-        (1,)
-    ]
+    assert env.sql("SELECT count(*) FROM {schema}.messages WHERE destination_id = 'done'") == [(1,)]
 
 
 def test_a_script_acts_with_the_bearer_token_and_no_csrf(env: Env, ns: SimpleNamespace) -> None:
@@ -152,9 +153,7 @@ def test_a_script_acts_with_the_bearer_token_and_no_csrf(env: Env, ns: SimpleNam
     got = client.post("/actions/cancel", data={"id": "queued", "confirmed": "yes"},
                       headers={"authorization": f"Bearer {TOKEN}"})  # fmt: skip
     assert got.status_code == 200 and "Cancelled" in got.text
-    assert env.sql("SELECT status FROM {schema}.workflows WHERE id = 'queued'") == [
-        ("CANCELLED",)
-    ]
+    assert env.sql("SELECT status FROM {schema}.workflows WHERE id = 'queued'") == [("CANCELLED",)]
 
 
 def test_without_a_token_writes_still_need_the_csrf_value(env: Env, ns: SimpleNamespace) -> None:
@@ -166,9 +165,7 @@ def test_without_a_token_writes_still_need_the_csrf_value(env: Env, ns: SimpleNa
         assert _post(client, action, None, confirmed="yes").status_code == 403
     assert _state(env) == before
     assert _post(client, "cancel", csrf, confirmed="yes").status_code == 200
-    assert env.sql("SELECT status FROM {schema}.workflows WHERE id = 'queued'") == [
-        ("CANCELLED",)
-    ]
+    assert env.sql("SELECT status FROM {schema}.workflows WHERE id = 'queued'") == [("CANCELLED",)]
 
 
 def test_pages_need_the_token(env: Env, ns: SimpleNamespace) -> None:
@@ -210,8 +207,11 @@ def test_hostile_strings_are_escaped_on_every_page(env: Env, ns: SimpleNamespace
     assert "&lt;script&gt;window.__xss=1&lt;/script&gt;" in detail.text  # shown, as text
     pages.append(detail)
     csrf = csrf_of(detail.text)
-    for action, extra in (("send", {"topic": HOSTILE_TOPIC, "body": json.dumps(HOSTILE)}),
-                          ("cancel", {}), ("fork", {"from_step": "0", "new_id": HOSTILE})):
+    for action, extra in (
+        ("send", {"topic": HOSTILE_TOPIC, "body": json.dumps(HOSTILE)}),
+        ("cancel", {}),
+        ("fork", {"from_step": "0", "new_id": HOSTILE}),
+    ):
         form = {"id": HOSTILE_ID, "csrf": csrf, **extra}
         asked = client.post(f"/actions/{action}", data=form)
         assert asked.status_code == 200, asked.text

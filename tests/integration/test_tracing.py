@@ -110,9 +110,9 @@ def test_a_workflow_run_continues_the_trace_of_its_start_and_links_recv_to_send(
     assert _parent(park) in {_id(s) for s in spans if s.name == "dbos_celery.recv.wait"}
     send = _one(spans, "dbos_celery.send")
     wakes = [s for s in spans if s.name == "dbos_celery.wake"]
-    assert any(
-        list((w.attributes or {}).get("dbos_celery.woken", ())) == ["o-1"] for w in wakes
-    ), [w.attributes for w in wakes]
+    assert any(list((w.attributes or {}).get("dbos_celery.woken", ())) == ["o-1"] for w in wakes), [
+        w.attributes for w in wakes
+    ]
     recv = [s for s in spans if s.name == "dbos_celery.recv" and s.links]
     assert len(recv) == 1 and recv[0].links[0].context.span_id == _id(send)
     waits = [s for s in spans if s.name == "dbos_celery.recv.wait"]

@@ -78,11 +78,21 @@ def test_filters_are_read_and_written_back() -> None:
     q = paging.page_query({"status": "ERROR", "name": "app.wf", "id": "ord",
                            "from": "2026-01-01T10:00", "to": "2026-01-02T00:00:00Z",
                            "older": ""})  # fmt: skip
-    assert q == PageQuery(status="ERROR", name="app.wf", id_prefix="ord",
-                          created_after=datetime(2026, 1, 1, 10, tzinfo=timezone.utc),
-                          created_before=datetime(2026, 1, 2, tzinfo=timezone.utc), limit=50)
-    assert paging.filters(q) == {"status": "ERROR", "name": "app.wf", "id": "ord",
-                                 "from": "2026-01-01T10:00:00", "to": "2026-01-02T00:00:00"}
+    assert q == PageQuery(
+        status="ERROR",
+        name="app.wf",
+        id_prefix="ord",
+        created_after=datetime(2026, 1, 1, 10, tzinfo=timezone.utc),
+        created_before=datetime(2026, 1, 2, tzinfo=timezone.utc),
+        limit=50,
+    )
+    assert paging.filters(q) == {
+        "status": "ERROR",
+        "name": "app.wf",
+        "id": "ord",
+        "from": "2026-01-01T10:00:00",
+        "to": "2026-01-02T00:00:00",
+    }
     for bad in ({"status": "RUNNING"}, {"from": "yesterday"}, {"id": "x" * 256},
                 {"name": "a\x00b"}):  # fmt: skip
         with pytest.raises(paging.BadQuery):
