@@ -12,31 +12,30 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from celery import Celery
 from celery.utils.imports import gen_task_name
 
-from . import config, context, management, messaging, repoint, retention, runner, shared
+from . import config, context, messaging, repoint, runner, shared
 from .aio import off_loop
 from .calls.dispatch import Dispatcher, TaskCall
 from .calls.outcome import Outcomes
 from .celery_hooks import CeleryHooks, time_limit
-from .errors import ConfigurationError, InvalidArgumentError, NonExistentWorkflowError
+from .errors import ConfigurationError, InvalidArgumentError
 from .keys import channel_prefix
+from .operations import Operations
 from .serialization import Serializer
 from .services import Services
 from .step import Step
-from .store import steps, workflows
 from .store.engine import Database
 from .store.pooltx import PoolTransactions
 from .store.workers import Recovered
-from .store.workflows import WorkflowQuery
 from .txstep import TransactionStep, current_connection
-from .validation import check_id, check_number, check_timeout
+from .validation import check_id, check_step_options, check_timeout, decorated_name
 from .wakeup import LocalNotifier, Notifier, RedisNotifier
-from .workflow import StepInfo, Workflow, WorkflowHandle, WorkflowStatus
+from .workflow import Workflow
 
 if TYPE_CHECKING:
     from .store.engine import Engine
@@ -46,7 +45,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class Durable:
+class Durable(Operations):
     """Durable workflows for one Celery app.
 
     ``database_url`` (or a caller's ``engine``) is the source of truth
@@ -205,10 +204,10 @@ class Durable:
             InvalidArgumentError: a bad name, ``interval``, ``backoff`` or
                 ``retry_on``, or on something that is not a function.
         """
-        _check_step_options(name, interval, backoff, retry_on)
+        check_step_options(name, interval, backoff, retry_on)
 
         def decorate(f: Callable[P, R]) -> Step[P, R]:
-            step_name = _step_name("step", f, name)
+            step_name = decorated_name("step", f, name)
             return Step(self.services, f, step_name, max_attempts, interval, backoff, retry_on)
 
         return decorate
@@ -234,10 +233,10 @@ class Durable:
         Raises:
             InvalidArgumentError: as for ``step``.
         """
-        _check_step_options(name, interval, backoff, retry_on)
+        check_step_options(name, interval, backoff, retry_on)
 
         def decorate(f: Callable[P, R]) -> TransactionStep[P, R]:
-            step_name = _step_name("transaction", f, name)
+            step_name = decorated_name("transaction", f, name)
             return TransactionStep(self.services, self._transactions, f, step_name,
                                    max_attempts, interval, backoff, retry_on)  # fmt: skip
 
@@ -396,121 +395,6 @@ class Durable:
         """
         return messaging.get_event(self.services, workflow_id, key, timeout)
 
-    async def aretrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
-        """``retrieve`` for an event loop: awaitable, never blocks the loop."""
-        return await off_loop("aretrieve", self.retrieve, workflow_id)
-
-    def retrieve(self, workflow_id: str) -> WorkflowHandle[Any]:
-        """A handle to an existing workflow.
-
-        Raises:
-            NonExistentWorkflowError: no workflow has this id.
-            InvalidArgumentError: a bad id.
-        """
-        check_id(workflow_id, "workflow_id")
-        if not self.services.store.now(workflows.workflow_exists, workflow_id):
-            raise NonExistentWorkflowError(workflow_id)
-        return WorkflowHandle(self.services, workflow_id)
-
-    def list_workflows(
-        self,
-        *,
-        status: str | None = None,
-        name: str | None = None,
-        parent: str | None = None,
-        limit: int | None = None,
-        offset: int | None = None,
-        newest_first: bool = False,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-    ) -> list[WorkflowStatus]:
-        """Workflows by creation time (oldest first unless ``newest_first``),
-        filtered; ``created_after`` is inclusive, ``created_before`` not, and
-        a naive datetime is taken as UTC."""
-        query = WorkflowQuery(
-            status=status, name=name, parent=parent, limit=limit, offset=offset,
-            newest_first=newest_first, created_after=created_after, created_before=created_before,
-        )  # fmt: skip
-        return management.list_workflows(self.services, query)
-
-    def list_steps(self, workflow_id: str) -> list[StepInfo]:
-        """The checkpoints recorded for a workflow, in order (``seq`` as
-        ``fork`` counts them).
-
-        Raises:
-            NonExistentWorkflowError: no workflow has this id.
-        """
-        check_id(workflow_id, "workflow_id")
-        store = self.services.store
-        rows = store.now(steps.list_steps, workflow_id)
-        if not rows and not store.now(workflows.workflow_exists, workflow_id):
-            raise NonExistentWorkflowError(workflow_id)
-        return [StepInfo.from_row(self.services.codec, r) for r in rows]
-
-    def cancel(self, workflow_id: str) -> bool:
-        """Cancel a workflow. ENQUEUED: it never runs. Running: it stops at
-        its next step, wait or sleep with status CANCELLED (a step already
-        running finishes, but its checkpoint is not kept). True when this call
-        cancelled it; False, and nothing changes, when it had ended already.
-        Its children are not cancelled. A waiting or parked workflow wakes at
-        once and ends.
-
-        Raises:
-            NonExistentWorkflowError: no workflow has this id.
-        """
-        return management.cancel(self.services, workflow_id)
-
-    def resume(self, workflow_id: str) -> WorkflowHandle[Any]:
-        """Run a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow again
-        from its checkpoints (recovery count reset, deadline cleared). A live
-        workflow is left alone; a finished one raises
-        WorkflowNotResumableError (fork it instead).
-
-        Raises:
-            WorkflowNotResumableError: it ended SUCCESS or ERROR.
-            NonExistentWorkflowError: no workflow has this id.
-        """
-        return management.resume(self.services, workflow_id, self._publish)[0]
-
-    def garbage_collect(self, older_than: float | timedelta, keep_latest: int | None = None) -> int:
-        """Delete the workflows in a final status (SUCCESS, ERROR, CANCELLED,
-        MAX_RECOVERY_ATTEMPTS_EXCEEDED) last updated more than ``older_than``
-        (a timedelta, or seconds) ago, except the ``keep_latest`` newest of
-        them, with their steps, call records, events, leftover messages and
-        send keys; how many. Short batches: safe while workers run. A
-        collected workflow can no longer be resumed or forked, and its
-        idempotency keys are gone with it."""
-        return retention.garbage_collect(self.services, older_than, keep_latest)
-
-    def fork(
-        self, workflow_id: str, from_step: int, new_id: str | None = None
-    ) -> WorkflowHandle[Any]:
-        """Start a new workflow with the same name and inputs that keeps the
-        checkpoints at seq < ``from_step`` (as ``list_steps`` numbers them)
-        and runs the rest again. ``new_id`` defaults to a UUID; forking to an
-        existing ``new_id`` of the same workflow returns its handle.
-
-        Raises:
-            NonExistentWorkflowError: no workflow has this id.
-            InvalidArgumentError: ``from_step`` is not an int >= 0, or
-                ``new_id`` is the source's id.
-            ConflictingWorkflowIdError: ``new_id`` belongs to another
-                workflow.
-        """
-        return management.fork(self.services, workflow_id, from_step, new_id, self._publish)[0]
-
-    def migrate(self) -> list[int]:
-        """Create or upgrade the schema now (otherwise done on first use);
-        the schema versions applied (empty: it was up to date). Safe with
-        many processes at once (an advisory lock; SQLite: the file lock).
-
-        Raises:
-            SchemaVersionError: the database's schema is newer than this
-                code.
-            DatabaseUnavailableError: the database did not answer.
-        """
-        return self.services.store.migrate()
-
     # --- plumbing -----------------------------------------------------------
 
     def _publish(self, workflow_id: str, name: str, queue: str | None = None) -> None:
@@ -580,23 +464,3 @@ class Durable:
         finally:
             self.close()
             sv.rebind(*saved)
-
-
-def _check_step_options(
-    name: str | None, interval: float, backoff: float, retry_on: tuple[type[BaseException], ...]
-) -> None:
-    if name is not None:
-        check_id(name, "step name")
-    check_number(interval, "interval")
-    check_number(backoff, "backoff", minimum=1.0)
-    if not (
-        isinstance(retry_on, tuple)
-        and all(isinstance(c, type) and issubclass(c, BaseException) for c in retry_on)
-    ):
-        raise InvalidArgumentError(f"retry_on must be a tuple of exception types, got {retry_on!r}")
-
-
-def _step_name(decorator: str, f: Any, name: str | None) -> str:
-    if not callable(f):
-        raise InvalidArgumentError(f"@durable.{decorator}() decorates a function, not {f!r}")
-    return name or f"{f.__module__}.{f.__qualname__}"

@@ -55,3 +55,25 @@ def check_number(
     if not math.isfinite(value) or value < minimum or (above and value == minimum):
         bound = f"> {minimum:g}" if above else f">= {minimum:g}"
         raise InvalidArgumentError(f"{what} must be {kind} {bound} (finite), got {value!r}")
+
+
+def check_step_options(
+    name: str | None, interval: float, backoff: float, retry_on: tuple[type[BaseException], ...]
+) -> None:
+    """The options of ``@durable.step()`` and ``@durable.transaction()``."""
+    if name is not None:
+        check_id(name, "step name")
+    check_number(interval, "interval")
+    check_number(backoff, "backoff", minimum=1.0)
+    if not (
+        isinstance(retry_on, tuple)
+        and all(isinstance(c, type) and issubclass(c, BaseException) for c in retry_on)
+    ):
+        raise InvalidArgumentError(f"retry_on must be a tuple of exception types, got {retry_on!r}")
+
+
+def decorated_name(decorator: str, f: Any, name: str | None) -> str:
+    """The name of a step ``@durable.<decorator>()`` makes of ``f``."""
+    if not callable(f):
+        raise InvalidArgumentError(f"@durable.{decorator}() decorates a function, not {f!r}")
+    return name or f"{f.__module__}.{f.__qualname__}"
