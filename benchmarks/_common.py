@@ -232,3 +232,31 @@ def app_env(schema: str, queue: str, *, wakeups: bool = True) -> dict[str, str]:
 def summary(values: list[float]) -> tuple[float, float, float]:
     """p50, p99, mean."""
     return pct(values, 50), pct(values, 99), statistics.fmean(values)
+
+
+# --- query plans ---------------------------------------------------------------
+
+
+def _scans(plan: dict[str, Any]) -> list[str]:
+    node = plan["Node Type"]
+    here = []
+    if "Scan" in node:
+        what = plan.get("Index Name") or plan.get("Relation Name") or ""
+        here.append(f"{node} {what}".strip())
+    for child in plan.get("Plans", []):
+        here += _scans(child)
+    return here
+
+
+def explain(
+    conn: psycopg.Connection[Any], durable: Any, stmt: Any, params: dict[str, Any] | None = None
+) -> tuple[str, float]:
+    """The scans of one of the library's statements and its EXPLAIN ANALYZE
+    time in seconds, run in a transaction rolled back (the instrumentation
+    inflates statements that touch many rows). Compiled for its own values,
+    as the store compiles a statement it does not cache."""
+    text, defaults = durable.services.store.compiled(stmt, cache=False)
+    with conn.transaction(force_rollback=True):
+        got = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {text}", {**defaults, **(params or {})})
+        plan = got.fetchone()[0][0]  # type: ignore[index]
+    return ", ".join(sorted(set(_scans(plan["Plan"])))) or "(none)", plan["Execution Time"] / 1000

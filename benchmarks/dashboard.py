@@ -32,6 +32,7 @@ from starlette.testclient import TestClient  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     DATABASE_URL,
     drop_schema,
+    explain,
     machine,
     ms,
     new_schema,
@@ -74,26 +75,6 @@ def fill(schema: str) -> None:
     sql(f"INSERT INTO {s}.messages (destination_id, topic, payload) SELECT md5(i::text), "
         f"'topic', '\\x31' FROM generate_series(1, {n}, {max(1, n // 2000)}) i")  # fmt: skip
     sql(f"VACUUM ANALYZE {s}.workflows, {s}.steps, {s}.events, {s}.messages")
-
-
-def _scans(plan: dict[str, Any]) -> list[str]:
-    node = plan["Node Type"]
-    here = []
-    if "Scan" in node:
-        what = plan.get("Index Name") or plan.get("Relation Name") or ""
-        here.append(f"{node} {what}".strip())
-    for child in plan.get("Plans", []):
-        here += _scans(child)
-    return here
-
-
-def explain(conn: psycopg.Connection[Any], d: Durable, stmt: Any,
-            params: dict[str, Any] | None = None) -> tuple[str, float]:  # fmt: skip
-    text, defaults = d.services.store.compiled(stmt, cache=False)
-    with conn.transaction(force_rollback=True):
-        got = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {text}", {**defaults, **(params or {})})
-        plan = got.fetchone()[0][0]  # type: ignore[index]
-    return ", ".join(sorted(set(_scans(plan["Plan"])))) or "(none)", plan["Execution Time"] / 1000
 
 
 def timed(fn: Any) -> float:

@@ -20,7 +20,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -30,6 +29,7 @@ from celery import Celery  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     DATABASE_URL,
     drop_schema,
+    explain,
     machine,
     ms,
     new_schema,
@@ -70,27 +70,6 @@ def fill(schema: str) -> None:
     sql(f"INSERT INTO {s}.events (workflow_id, key, value) SELECT 'done-' || i, 'stage', "
         f"'\\x00' FROM generate_series(1, {FINISHED}, 10) i")  # fmt: skip
     sql(f"VACUUM ANALYZE {s}.workflows, {s}.steps, {s}.events")
-
-
-def _scans(plan: dict[str, Any]) -> list[str]:
-    node = plan["Node Type"]
-    here = []
-    if "Scan" in node:
-        what = plan.get("Index Name") or plan.get("Relation Name") or ""
-        here.append(f"{node} {what}".strip())
-    for child in plan.get("Plans", []):
-        here += _scans(child)
-    return here
-
-
-def explain(conn: psycopg.Connection[Any], d: Durable, name: str, stmt: Any,
-            params: dict[str, Any]) -> tuple[str, str, float]:  # fmt: skip
-    text, defaults = d.services.store.compiled(stmt)
-    with conn.transaction(force_rollback=True):
-        got = conn.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {text}", {**defaults, **params})
-        plan = got.fetchone()[0][0]  # type: ignore[index]
-    scans = sorted(set(_scans(plan["Plan"])))
-    return name, ", ".join(scans) or "(none)", plan["Execution Time"] / 1000
 
 
 def main() -> None:
@@ -142,7 +121,9 @@ def main() -> None:
         with psycopg.connect(DATABASE_URL, autocommit=True) as conn:
             for _ in range(2):  # warm the cache
                 beat()
-                rows = [explain(conn, d, *x) for x in statements]
+                rows = [
+                    (name, *explain(conn, d, stmt, params)) for name, stmt, params in statements
+                ]
         passes = []
         beat()
         first = time.perf_counter()
