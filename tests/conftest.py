@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from kombu import Connection
@@ -45,6 +46,22 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     started = config.stash.get(_SERVERS, None)
     if started is not None:
         started.stop()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``-n 3`` (pyproject's addopts) with work stealing instead of xdist's
+    ``load``: the acceptance tests, seconds each, come first in collection
+    order and the unit tests last, and ``load`` hands a worker a chunk of a
+    sixth of what is left at a time, so one worker was left with minutes of
+    acceptance tests after the others had run out (about 100 s of the
+    suite's wall time). With stealing an idle worker takes half of the
+    busiest one's queue. Another ``--dist`` given explicitly is kept."""
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import WorkStealingScheduling
+
+    return WorkStealingScheduling(config, log)
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
