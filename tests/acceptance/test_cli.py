@@ -1,15 +1,25 @@
-"""The dbos-celery command against a real database, as a script would use it."""
+"""The dbos-celery command against a real database, as a script would use it.
+
+Most tests run the command in this process (``cli``: the ``run`` that the
+installed script's ``main`` exits with, given the script's environment and
+arguments; a process would spend a second and more importing the package);
+``script`` runs the installed ``dbos-celery`` itself, for the exit codes and
+the output that scripts see."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 
+from dbos_celery.cli import run
 from dbos_celery.runner import execute
 from dbos_celery.store import workflows
 from dbos_celery.store.migrations import LATEST_VERSION
@@ -20,14 +30,51 @@ from tests.support import Env, WorkerProcess
 CLI = str(Path(sys.executable).parent / "dbos-celery")
 
 
-def cli(env: Env, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+def _script_environ(url: str | None) -> dict[str, str]:
+    """This environment with no DBOS_CELERY_* but ``url`` as the database's."""
     full = {k: v for k, v in os.environ.items() if not k.startswith("DBOS_CELERY_")}
     if url is not None:
         full["DBOS_CELERY_DATABASE_URL"] = url
+    return full
+
+
+def script(env: Env, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed ``dbos-celery`` script, run in a process of its own."""
     return subprocess.run(
-        [CLI, "--schema", env.schema, *args], env=full, capture_output=True, text=True,
-        timeout=60,
+        [CLI, "--schema", env.schema, *args], env=_script_environ(url), capture_output=True,
+        text=True, timeout=60,
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _environ(variables: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def cli(env: Env, *args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``script``'s command run in this process: ``run`` (what the script's
+    ``main`` exits with) in the environment ``script`` gives the script, its
+    stdout, stderr and exit code (argparse's exits, for ``--help`` and bad
+    usage, included)."""
+    argv = ["--schema", env.schema, *args]
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        _environ(_script_environ(url)),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            code = run(argv)
+        except SystemExit as exc:  # argparse: --help, or a usage error
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess([CLI, *argv], code, out.getvalue(), err.getvalue())
 
 
 def test_migrate_creates_the_schema_and_is_repeatable(env: Env) -> None:
@@ -68,12 +115,15 @@ def test_workflow_list_get_and_steps_as_json(env: Env) -> None:
 
 
 def test_exit_codes_scripts_rely_on(env: Env) -> None:
-    assert cli(env, "workflow", "get", "nope", url=env.database_url).returncode == 3
-    missing_url = cli(env, "workflow", "list")
+    """The installed script's own exit codes (the other tests run the
+    command in this process)."""
+    assert script(env, "workflow", "get", "nope", url=env.database_url).returncode == 3
+    missing_url = script(env, "workflow", "list")
     assert missing_url.returncode == 2
     assert "DBOS_CELERY_DATABASE_URL" in missing_url.stderr
-    assert cli(env, "workflow", "frobnicate", url=env.database_url).returncode == 2
-    unreachable = cli(env, "workflow", "list", url="postgresql://postgres:s3cret@127.0.0.1:1/test")
+    assert script(env, "workflow", "frobnicate", url=env.database_url).returncode == 2
+    unreachable = script(env, "--retry-timeout", "0.5", "workflow", "list",
+                         url="postgresql://postgres:s3cret@127.0.0.1:1/test")  # fmt: skip
     assert unreachable.returncode == 4
     assert "s3cret" not in unreachable.stderr
 
