@@ -135,6 +135,64 @@ class LocalNotifier:
         pass
 
 
+class Publisher:
+    """PUBLISH without waiting for its answer (the count of receivers, which
+    nothing uses): the caller pays for the send, not the round trip. The
+    answers are read before later sends, or all of them once MAX_UNREAD
+    pile up; a connection found closed then (Redis restarted while it was
+    idle) is replaced before the send, so that no hint goes into a dead
+    socket. One connection, shared by the threads of one process."""
+
+    MAX_UNREAD = 64
+
+    def __init__(self, url: str) -> None:
+        self._pool = redis.ConnectionPool.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=1.0
+        )
+        self._conn: Any = None
+        self._unread = 0
+        self._lock = threading.Lock()
+
+    def publish(self, channel: str, message: str) -> None:
+        with self._lock:
+            conn = self._ready()
+            try:
+                conn.send_command("PUBLISH", channel, message)
+            except BaseException:
+                self._drop()
+                raise
+            self._unread += 1
+
+    def _ready(self) -> Any:
+        """The connection, its waiting answers read; a new one if it closed."""
+        for attempt in (1, 2):
+            if self._conn is None:
+                self._conn = self._pool.make_connection()
+            conn = self._conn
+            try:
+                while self._unread >= self.MAX_UNREAD or conn.can_read(timeout=0):
+                    self._unread -= 1
+                    conn.read_response()  # raises at once on a closed connection
+                return conn
+            except (redis.ConnectionError, OSError):
+                self._drop()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                self._drop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _drop(self) -> None:
+        conn, self._conn, self._unread = self._conn, None, 0
+        if conn is not None:
+            conn.disconnect()
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+
 class RedisNotifier:
     """Redis PUBLISH after commit; one subscriber connection per process.
 
@@ -158,7 +216,7 @@ class RedisNotifier:
         # keys with no waiter left, still subscribed, and since when
         # (guarded by the waiters' lock, like every (un)subscribe)
         self._lingering: dict[str, float] = {}
-        self._client: redis.Redis | None = None
+        self._publisher: Publisher | None = None
         self._pid = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -175,29 +233,29 @@ class RedisNotifier:
             "Redis wakeup subscriber reconnected",
         )
 
-    def _redis(self) -> redis.Redis:
-        if self._client is None or self._pid != os.getpid():
-            self._client = redis.Redis.from_url(
-                self.url, socket_timeout=2.0, socket_connect_timeout=1.0
-            )
+    def _here(self) -> Publisher:
+        """This process's publisher; a forked child starts afresh (the
+        parent's connections and thread are not its own)."""
+        if self._publisher is None or self._pid != os.getpid():
+            self._publisher = Publisher(self.url)
             self._pid = os.getpid()
             self._thread = None
             self._pubsub = None  # the parent's, if forked
             self._start_lock = threading.Lock()  # a fork may copy it held
             self._subscribed.clear()
-        return self._client
+        return self._publisher
 
     def notify(self, k: str) -> None:
         self.waiters.wake(k)
         try:
-            self._redis().publish(self.channel + k, k)
+            self._here().publish(self.channel + k, k)
         except (redis.RedisError, OSError) as exc:
             self._publishing.failed(exc)
             return
         self._publishing.ok()
 
     def start(self, wait: float = 1.0) -> None:
-        self._redis()
+        self._here()
         with self._start_lock:
             if self._thread is not None and self._thread.is_alive():
                 # listening, or reconnecting while waiters poll: never block
@@ -214,8 +272,11 @@ class RedisNotifier:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None and self._pid == os.getpid():
-            self._thread.join(timeout=3)
+        if self._pid == os.getpid():
+            if self._thread is not None:
+                self._thread.join(timeout=3)
+            if self._publisher is not None:
+                self._publisher.close()
         self._thread = None
 
     def _subscribe_key(self, k: str) -> None:
