@@ -42,6 +42,12 @@ class WorkflowContext:
     # (why, how often) the processes that ran it last died in a step: counted
     # against the next step body this run would start (store/kills.py)
     killed: tuple[str, int] | None = None
+    # a step's checkpoint not written yet: it goes with the next durable
+    # write (or the final status), at the latest before the next step body
+    # runs or the workflow waits (checkpoint.py); ``held_sent`` while a
+    # write that carries it is in flight
+    held: StepRow | None = None
+    held_sent: bool = False
 
     def next_seq(self) -> int:
         seq = self.seq

@@ -33,7 +33,7 @@ from .store.engine import Database
 from .store.pooltx import PoolTransactions
 from .store.workers import Recovered
 from .txstep import TransactionStep, current_connection
-from .validation import check_id, check_step_options, check_timeout, decorated_name
+from .validation import check_flag, check_id, check_step_options, check_timeout, decorated_name
 from .wakeup import LocalNotifier, Notifier, RedisNotifier
 from .workflow import Workflow
 
@@ -189,6 +189,7 @@ class Durable(Operations):
         interval: float = 1.0,
         backoff: float = 2.0,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
+        defer_checkpoint: bool = False,
     ) -> Callable[[Callable[P, R]], Step[P, R]]:
         """A checkpointed step; retried ``max_attempts`` times, sleeping
         ``interval * backoff**n`` between attempts, on the exceptions of
@@ -200,15 +201,25 @@ class Durable(Operations):
         When every attempt fails, ``MaxStepAttemptsError`` is recorded and
         raised. Outside a workflow the function is called as is.
 
+        ``defer_checkpoint=True`` saves a commit: the checkpoint is written
+        with the workflow's next durable write (a send, a child's start, a
+        call, the final status...), or alone before the next step runs or
+        the workflow waits. The price: a worker killed or frozen while the
+        workflow's own code runs after the step runs the step again. For
+        steps that are cheap and safe to repeat, in short workflows.
+
         Raises:
-            InvalidArgumentError: a bad name, ``interval``, ``backoff`` or
-                ``retry_on``, or on something that is not a function.
+            InvalidArgumentError: a bad name, ``interval``, ``backoff``,
+                ``retry_on`` or ``defer_checkpoint``, or on something that
+                is not a function.
         """
         check_step_options(name, interval, backoff, retry_on)
+        check_flag(defer_checkpoint, "defer_checkpoint")
 
         def decorate(f: Callable[P, R]) -> Step[P, R]:
             step_name = decorated_name("step", f, name)
-            return Step(self.services, f, step_name, max_attempts, interval, backoff, retry_on)
+            return Step(self.services, f, step_name, max_attempts, interval, backoff, retry_on,
+                        defer_checkpoint)  # fmt: skip
 
         return decorate
 

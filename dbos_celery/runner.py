@@ -29,7 +29,7 @@ from .store import workflows
 if TYPE_CHECKING:
     from .recovery.heartbeat import ProcessRuntime
     from .services import Services
-    from .store.common import WorkflowRow
+    from .store.common import StepRow, WorkflowRow
     from .workflow import Workflow
 
 log = logging.getLogger("dbos_celery")
@@ -99,7 +99,7 @@ def execute(
         if span is not None:
             span.set_attribute("dbos_celery.outcome", outcome.status if outcome else "unfinished")
         if outcome is not None:
-            _finish(sv, runtime, row, outcome)
+            _finish(sv, runtime, row, outcome, ctx.held)
 
 
 def time_limit_margin(limit: float) -> float:
@@ -151,13 +151,18 @@ def _run(
     return None
 
 
-def _finish(sv: Services, runtime: ProcessRuntime, row: WorkflowRow, outcome: _Outcome) -> None:
-    """Record the outcome under the lease; wake its waiters and a parent
-    parked on it."""
+def _finish(
+    sv: Services, runtime: ProcessRuntime, row: WorkflowRow, outcome: _Outcome,
+    held: StepRow | None,
+) -> None:  # fmt: skip
+    """Record the outcome under the lease, with the last step's held
+    checkpoint; wake its waiters and a parent parked on it."""
     wid = row.id
     try:
+        # a lost answer retried finds the status final: the lease check
+        # fails and the held checkpoint is not inserted again
         finished = sv.store.now(workflows.finish_workflow, wid, runtime.executor_id,
-                                outcome.status, outcome.output, outcome.error)  # fmt: skip
+                                outcome.status, outcome.output, outcome.error, held)  # fmt: skip
     except DatabaseUnavailableError as exc:
         _hand_back(runtime, wid, exc)  # the replay finishes it
         return

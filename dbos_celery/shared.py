@@ -241,10 +241,12 @@ def shared_step(
     interval: float = 1.0,
     backoff: float = 2.0,
     retry_on: tuple[type[BaseException], ...] = (Exception,),
+    defer_checkpoint: bool = False,
 ) -> Callable[[Callable[P, R]], SharedStep[P, R]]:
     """``@durable.step()`` for a module that has no Durable (same arguments)."""
     return REGISTRY.step(name=name, max_attempts=max_attempts, interval=interval,
-                         backoff=backoff, retry_on=retry_on)  # fmt: skip
+                         backoff=backoff, retry_on=retry_on,
+                         defer_checkpoint=defer_checkpoint)  # fmt: skip
 
 
 def shared_transaction(

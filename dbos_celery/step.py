@@ -3,8 +3,10 @@
 Inside a workflow a step takes the next sequence number. On replay the
 recorded output is returned (or the recorded exception raised) without
 running the step. Otherwise it runs, with retries, and its outcome is
-committed before the call returns. A step interrupted before its checkpoint
-commits may run again: steps are at-least-once until they commit. When the
+committed before the call returns (with ``defer_checkpoint``: with the
+workflow's next durable write, ``checkpoint.py``). A step interrupted before
+its checkpoint commits may run again: steps are at-least-once until they
+commit. When the
 processes that ran it died in it (a hard time limit, a crash), those deaths
 count against it, so that a step that kills its process fails instead of
 looping (``store/kills.py``).
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from . import cancellation, context, tracing
-from .checkpoint import record, replayed
+from .checkpoint import flush, hold, record, replayed
 from .errors import (
     InvalidArgumentError,
     MaxStepAttemptsError,
@@ -54,6 +56,7 @@ class Step(Generic[P, R]):
         interval: float,
         backoff: float,
         retry_on: tuple[type[BaseException], ...],
+        defer_checkpoint: bool = False,
     ) -> None:
         if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
             raise InvalidArgumentError(f"max_attempts must be an int >= 1, got {max_attempts!r}")
@@ -66,6 +69,7 @@ class Step(Generic[P, R]):
         self.interval = interval
         self.backoff = backoff
         self.retry_on = retry_on
+        self.defer_checkpoint = defer_checkpoint
         functools.update_wrapper(self, fn)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -85,6 +89,7 @@ class Step(Generic[P, R]):
     def _run(self, ctx: context.WorkflowContext, seq: int, args: Any, kwargs: Any) -> R:
         """Run the attempts and checkpoint the outcome."""
         sv = self.sv
+        flush(sv, ctx)  # the previous step's checkpoint, before this body runs
         killed, ctx.killed = ctx.killed, None
         ctx.in_step = True
         try:
@@ -122,6 +127,9 @@ class Step(Generic[P, R]):
         self, ctx: context.WorkflowContext, seq: int, output: bytes | None, error: bytes | None,
         killed: tuple[str, int] | None,
     ) -> None:  # fmt: skip
+        if killed is None and self.defer_checkpoint:
+            hold(ctx, seq, self.name, output, error)  # written with the next write
+            return
         record(self.sv, ctx, seq, self.name, output, error)
         self._forget_deaths(ctx, killed)
 

@@ -72,6 +72,11 @@ def check_step_options(
         raise InvalidArgumentError(f"retry_on must be a tuple of exception types, got {retry_on!r}")
 
 
+def check_flag(value: object, what: str) -> None:
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{what} must be True or False, got {value!r}")
+
+
 def decorated_name(decorator: str, f: Any, name: str | None) -> str:
     """The name of a step ``@durable.<decorator>()`` makes of ``f``."""
     if not callable(f):

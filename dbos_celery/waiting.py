@@ -27,6 +27,7 @@ from contextlib import ExitStack
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from . import cancellation, parking
+from .checkpoint import flush
 
 if TYPE_CHECKING:
     from .context import WorkflowContext
@@ -87,6 +88,8 @@ def wait_for(sv: Services, ctx: WorkflowContext | None, w: Wait[T]) -> T | None:
     workflow (``ctx``) it also stops on a cancel or the workflow's deadline,
     and parks (raises Parked) when ``w.parks_at`` comes."""
     cancellation.check(sv, ctx)
+    if ctx is not None:
+        flush(sv, ctx)  # a held step checkpoint is not kept through a wait
     sv.notifier.start()
     with ExitStack() as stack:
         waiter: Waiter | None = None

@@ -4,19 +4,25 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     ARRAY,
+    Insert,
     Integer,
     LargeBinary,
     Text,
     bindparam,
+    cast,
     exists,
     func,
     insert,
     literal,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -37,36 +43,48 @@ from .tables import steps as st
 
 # a checkpoint is written only while its writer holds the lease: a runner
 # whose workflow was taken over stops at its next checkpoint
-_INSERT_STEP = (
-    insert(st)
-    .from_select(
-        ["workflow_id", "seq", "name", "output", "error"],
+_LEASED = exists(select(literal(1)).where(HELD))
+
+
+@functools.cache
+def insert_statement(n: int) -> Insert:
+    """The INSERT of ``n`` checkpoints of one workflow (parameters ``wid2``,
+    ``seq0``, ``name0``, ``output0``, ``error0``, ``seq1`` ...), writing
+    nothing unless the lease is held (``wid``, ``executor``)."""
+    rows = [
         select(
             bindparam("wid2", type_=Text),
-            bindparam("seq", type_=Integer),
-            bindparam("name", type_=Text),
-            bindparam("output", type_=LargeBinary),
-            bindparam("error", type_=LargeBinary),
-        ).where(exists(select(literal(1)).where(HELD))),
+            bindparam(f"seq{i}", type_=Integer),
+            bindparam(f"name{i}", type_=Text),
+            # cast: a UNION of NULLs would be text
+            cast(bindparam(f"output{i}", type_=LargeBinary), LargeBinary),
+            cast(bindparam(f"error{i}", type_=LargeBinary), LargeBinary),
+        ).where(_LEASED)
+        for i in range(n)
+    ]
+    source = rows[0] if n == 1 else union_all(*rows)
+    return (
+        insert(st)
+        .from_select(["workflow_id", "seq", "name", "output", "error"], source)
+        .returning(st.c.seq)
     )
-    .returning(st.c.seq)
-)
 
 
-def insert_step(
-    ex: Executor,
-    workflow_id: str,
-    seq: int,
-    name: str,
-    output: bytes | None,
-    error: bytes | None,
-    executor_id: str,
-) -> bool:
-    """Write one checkpoint; False when ``executor_id`` no longer holds the
-    lease. A checkpoint already at ``seq`` raises a unique violation."""
-    params = {"wid": workflow_id, "wid2": workflow_id, "seq": seq, "name": name,
-              "output": output, "error": error, "executor": executor_id}  # fmt: skip
-    return ex.first(_INSERT_STEP, params) is not None
+def checkpoint_params(workflow_id: str, rows: Sequence[StepRow]) -> dict[str, Any]:
+    """The parameters of ``insert_statement(len(rows))``, lease aside."""
+    params: dict[str, Any] = {"wid2": workflow_id}
+    for i, r in enumerate(rows):
+        params.update({f"seq{i}": r.seq, f"name{i}": r.name, f"output{i}": r.output,
+                       f"error{i}": r.error})  # fmt: skip
+    return params
+
+
+def insert_steps(ex: Executor, workflow_id: str, rows: Sequence[StepRow], executor_id: str) -> bool:
+    """Write checkpoints in one statement; False (nothing written) when
+    ``executor_id`` no longer holds the lease. A checkpoint already at one of
+    their numbers raises a unique violation."""
+    params = {"wid": workflow_id, "executor": executor_id, **checkpoint_params(workflow_id, rows)}
+    return len(ex.rows(insert_statement(len(rows)), params)) == len(rows)
 
 
 _LIST_STEPS = (

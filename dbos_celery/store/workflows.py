@@ -48,7 +48,7 @@ from .dialect import (
     seconds,
 )
 from .engine import Executor
-from .steps import list_steps
+from .steps import checkpoint_params, insert_statement, insert_steps, list_steps
 from .tables import events
 from .tables import steps as st
 from .tables import workflows as wf
@@ -235,6 +235,10 @@ _FINISH = (
 )
 
 
+# with a step's held checkpoint: both in one statement (Postgres)
+_FINISH_WITH_STEP = _FINISH.add_cte(insert_statement(1).cte("held_step"))
+
+
 def finish_workflow(
     ex: Executor,
     workflow_id: str,
@@ -242,12 +246,22 @@ def finish_workflow(
     status: str,
     output: bytes | None,
     error: bytes | None,
+    held: StepRow | None = None,
 ) -> tuple[str | None] | None:
-    """Record the outcome if this executor still holds the lease: (parent id,)
-    when it did, else None (nothing written)."""
+    """Record the outcome, and the ``held`` step checkpoint with it, if this
+    executor still holds the lease: (parent id,) when it did, else None
+    (nothing written). A checkpoint already at the held one's number raises
+    a unique violation."""
     params = {"wid": workflow_id, "executor": executor_id, "status": status,
               "output": output, "error": error}  # fmt: skip
-    row = ex.first(_FINISH, params)
+    if held is None:
+        row = ex.first(_FINISH, params)
+    elif ex.sqlite:  # no INSERT inside a CTE
+        with ex.atomic():
+            written = insert_steps(ex, workflow_id, [held], executor_id)
+            row = ex.first(_FINISH, params) if written else None
+    else:
+        row = ex.first(_FINISH_WITH_STEP, {**params, **checkpoint_params(workflow_id, [held])})
     return None if row is None else (row[0],)
 
 
