@@ -51,6 +51,13 @@ def build(env: dict[str, str]) -> SimpleNamespace:
     def one_step(i: int) -> int:
         return step(i)
 
+    deferred = durable.step(name="bench.trivial_deferred", defer_checkpoint=True)(trivial)
+
+    @durable.workflow(name="bench.one_deferred_step")
+    def one_deferred_step(i: int) -> int:
+        """Its step's checkpoint commits with the final status."""
+        return deferred(i)
+
     @app.task(name="bench.plain", ignore_result=True)
     def plain(i: int, n: int) -> int:
         out = trivial(i)
@@ -117,7 +124,8 @@ def build(env: dict[str, str]) -> SimpleNamespace:
 
     return SimpleNamespace(
         app=app, durable=durable, schema=schema, queue=queue, counter=counter, redis=r,
-        trivial=trivial, step=step, one_step=one_step, plain=plain,
+        trivial=trivial, step=step, one_step=one_step, one_deferred_step=one_deferred_step,
+        plain=plain,
         receiver=receiver, add=add, add_durable=add_durable, caller=caller, parked=parked,
         stamped=stamped, stamped_plain=stamped_plain,
     )  # fmt: skip
