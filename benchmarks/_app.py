@@ -69,24 +69,37 @@ def build(env: dict[str, str]) -> SimpleNamespace:
 
     # --- messaging.py ---
 
+    if env.get("BENCH_STAMPS"):  # messaging.py's timeline: stamps at each hop
+        from benchmarks import _stamps
+
+        _stamps.install()
+
     @durable.workflow(name="bench.receiver")
     def receiver(n: int) -> list[list[float]]:
         """recv n messages {"t": send time}; per message [its stamp, the
-        time its recv returned] (epoch seconds)."""
+        time its recv returned] and, with BENCH_STAMPS, when the subscriber
+        thread fanned the hint out, the waiter woke, the consume statement
+        began and ended (epoch seconds)."""
+        from benchmarks._stamps import LAST
+
         got = []
         for _ in range(n):
             m = durable.recv(timeout=60)
-            got.append([m["t"], time.time()])
+            returned = time.time()
+            hops = [LAST.get(k, 0.0) for k in ("fanned_out", "waiter_woke", "consume", "consumed")]
+            got.append([m["t"], returned, *hops])
         return got
 
     # --- parking.py ---
 
     @durable.workflow(name="bench.parked")
-    def parked() -> float:
+    def parked() -> dict[str, float]:
         """recv one message {"t": send time} (10 min timeout, so it parks);
-        seconds from send to recv returning."""
+        the send time, when the woken run's body began (a replay, in the
+        worker child) and when its recv returned (epoch seconds)."""
+        entered = time.time()
         m = durable.recv(timeout=600)
-        return float(time.time() - m["t"])
+        return {"t": m["t"], "entered": entered, "returned": time.time()}
 
     # --- intx.py ---
 

@@ -6,8 +6,10 @@ A workflow on a `celery worker` subprocess (-c 2, each pool in turn) loops
 ``durable.recv()``; this process sends it messages carrying their send time
 (``time.time()`` taken before ``send``), 5, 50 and 500 ms apart, and the
 workflow returns, per message, when its ``recv`` returned. Printed: stamp ->
-recv returned, and its parts (the send call: commit and PUBLISH; then the
-worker's hops: subscriber wake, waiter wake, consume statement, return).
+recv returned, and its parts, from wall-clock stamps that every process
+shares (``_stamps.py``): the sender's commit, then PUBLISH to the worker's
+subscriber thread fanning the hint out, the waiting thread waking, the
+consume statement, and recv returning.
 Then once with polling only (``redis_url=None``). Next to them, the floor
 measured in the same run: one bare INSERT + COMMIT (psycopg) and one Redis
 PUBLISH -> subscriber thread hop. Target: p50 <= 1.3 ms, p99 <= 3 ms at 50
@@ -43,6 +45,7 @@ from benchmarks._common import (  # noqa: E402
     summary,
     table,
 )
+from benchmarks._stamps import LAST  # noqa: E402
 
 # (seconds between messages, how many): as users see it, spaced apart, and
 # back to back
@@ -51,13 +54,16 @@ POLL_MESSAGES = int(os.environ.get("BENCH_POLL_MESSAGES", 50))
 SENDS = int(os.environ.get("BENCH_SENDS", 2000))
 
 
+HOPS = ("commit", "PUBLISH -> subscriber", "-> waiter", "consume", "-> return")
+
+
 def wakeup_timeline(
     ns: SimpleNamespace, schema: str, wid: str, n: int, spacing: Callable[[], float]
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[list[float], list[float], dict[str, list[float]]]:
     """Start a receiver of n messages on the worker, wait until it is blocked
     in recv, send n stamped messages ``spacing()`` seconds apart. Per
-    message, seconds: stamp -> recv returned, the send call (commit and
-    PUBLISH), and send returned -> recv returned (the hops in the worker)."""
+    message, seconds: stamp -> recv returned, the send call, and the HOPS
+    (of the messages whose recv was waiting when they came, with stamps)."""
     handle = ns.receiver.start(n, workflow_id=wid)
     deadline = time.monotonic() + 30
     # waiting = its recv has checkpointed the deadline (seq 1)
@@ -68,6 +74,7 @@ def wakeup_timeline(
     time.sleep(0.2)
     send = ns.durable.send
     returned: dict[float, float] = {}
+    committed: dict[float, float] = {}
     due = time.perf_counter()
     for _ in range(n):
         due += spacing()
@@ -76,11 +83,17 @@ def wakeup_timeline(
         t = time.time()
         send(wid, {"t": t})
         returned[t] = time.time()
+        committed[t] = LAST.get("committed", 0.0)  # the notify after the commit
     got = handle.result(timeout=60 + n * 0.6)
-    total = [r - t for t, r in got]
-    call = [returned[t] - t for t, _ in got]
-    after = [r - returned[t] for t, r in got]
-    return total, call, after
+    total = [g[1] - g[0] for g in got]
+    call = [returned[g[0]] - g[0] for g in got]
+    hops: dict[str, list[float]] = {h: [] for h in HOPS}
+    for t, back, fanned, woke, consume, consumed in got:
+        points = [t, committed[t], fanned, woke, consumed, back]
+        if consume >= woke and all(a <= b for a, b in zip(points, points[1:], strict=False)):
+            for hop, a, b in zip(HOPS, points[:-1], points[1:], strict=True):
+                hops[hop].append(b - a)
+    return total, call, hops
 
 
 def wakeup_latencies(
@@ -121,7 +134,7 @@ def pools() -> list[str]:
 
 def main() -> None:
     schema = new_schema()
-    env = app_env(schema, f"{schema}_q")
+    env = {**app_env(schema, f"{schema}_q"), "BENCH_STAMPS": "1"}
     poll_env = app_env(schema, f"{schema}_pq", wakeups=False)
     ns, ns_poll = build(env), build(poll_env)
     worker = None
@@ -133,17 +146,18 @@ def main() -> None:
 
         head = ("", "p50", "p99", "mean", "n")
         wakeups = [head]
-        timeline = [("pool, spacing", "send call p50", "send returned -> recv p50", "total p50")]
+        timeline = [("pool, spacing", "send call", *HOPS, "total", "n")]
         rate, send_times = 0.0, []
         for pool in pools():
             worker = Worker(env, ns.queue, pool=pool).wait_ready(ns.app)
             for spacing, n in SPACINGS:
                 wid = f"recv-{pool}-{spacing}"
-                total, call, after = wakeup_timeline(ns, schema, wid, n, lambda s=spacing: s)
+                total, call, by_hop = wakeup_timeline(ns, schema, wid, n, lambda s=spacing: s)
                 label = f"{pool} -c 2, {spacing * 1000:g} ms apart"
                 wakeups.append(row(label, total))
-                parts = (statistics.median(call), statistics.median(after))
-                timeline.append((label, *(ms(x) for x in parts), ms(statistics.median(total))))
+                parts = [call, *by_hop.values(), total]
+                timeline.append((label, *(ms(statistics.median(x)) if x else "-" for x in parts),
+                                 str(len(by_hop["commit"]))))  # fmt: skip
                 print(f"  {label}: p50 {ms(pct(total, 50))}, p99 {ms(pct(total, 99))}", flush=True)
             if pool == "prefork":
                 rate, send_times = sends_per_second(ns, wid)
@@ -161,7 +175,8 @@ def main() -> None:
 
         table("machine", machine())
         table("send -> recv wakeup, stamp before send() -> recv returned (Redis wakeups)", wakeups)
-        table("where the time goes (p50 of each part)", timeline)
+        table("where the time goes (p50 of each part; n: messages whose recv was waiting)",
+              timeline)  # fmt: skip
         table(
             "sends from one producer (outside a workflow, Redis wakeups)",
             [
