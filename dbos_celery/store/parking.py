@@ -23,6 +23,7 @@ from sqlalchemy import (
 from ..keys import CALLS, DISPATCH_PREFIX, DONE, EVENT, MAILBOX, SEP
 from ..status import FINAL, Status
 from .common import (
+    ASYNC_COMMIT,
     HELD,
     Target,
 )
@@ -133,13 +134,17 @@ def park_workflow(
 
 # the rows parked on a key whose awaited message, event or outcome exists:
 # the writer of what the key names wakes them right after its commit, and a
-# park re-checks its own key once it is visible
+# park re-checks its own key once it is visible. Committed asynchronously
+# (no wait for the disk): lost in a Postgres crash, the row is still parked
+# with what it waits for there, and the sweep wakes it (its run, started by
+# this wake's publish meanwhile, finds it parked and drops the delivery)
 _WAKE_READY = (
     update(wf)
     .where(
         wf.c.status == Status.WAITING,
         wf.c.waiting_for == bindparam("key", type_=Text),
         awaited_ready(wf),
+        ASYNC_COMMIT.c.x.is_not(None),
     )
     .values(**WAKE_VALUES)
     .returning(wf.c.id, wf.c.name, wf.c.queue)
