@@ -113,11 +113,16 @@ class BareInsert:
         self.conn.close()
 
 
-def bare_commits(schema: str, n: int) -> list[float]:
-    """Seconds per bare INSERT + COMMIT, n times (after a warm-up)."""
+def bare_commits(schema: str, n: int, spacing: float = 0.0) -> list[float]:
+    """Seconds per bare INSERT + COMMIT, n times (after a warm-up),
+    ``spacing`` seconds apart."""
     bare = BareInsert(schema)
     try:
-        return [bare() for _ in range(n + 20)][20:]
+        out = []
+        for _ in range(n + 20):
+            out.append(bare())
+            time.sleep(spacing)
+        return out[20:]
     finally:
         bare.close()
 

@@ -142,6 +142,7 @@ def main() -> None:
         ns.durable.migrate()
         print(f"dbos_celery messaging benchmark (schema {schema})", flush=True)
         bare = bare_commits(schema, 500)
+        bare_spaced = {s: bare_commits(schema, n, s) for s, n in ((0.05, 60), (0.5, 16))}
         hops = bare_pubsub_hops(1000)
 
         head = ("", "p50", "p99", "mean", "n")
@@ -190,6 +191,7 @@ def main() -> None:
             [
                 head,
                 row("bare INSERT+COMMIT (psycopg)", bare),
+                *(row(f"  the same, {s * 1000:g} ms apart", v) for s, v in bare_spaced.items()),
                 row("Redis PUBLISH -> subscriber thread", hops),
                 ("sum (one commit + one hop)",
                  ms(statistics.median(bare) + statistics.median(hops)), "", "", ""),

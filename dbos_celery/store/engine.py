@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.pq import ExecStatus
 from sqlalchemy import Engine, NullPool, create_engine, event
 
 __all__ = [
@@ -80,7 +81,12 @@ class Executor:
         self, stmt: ClauseElement, params: dict[str, Any] | None = None, *, cache: bool = True
     ) -> list[tuple[Any, ...]]:
         cur = self._execute(stmt, params, cache)
-        return cur.fetchall() if cur.description is not None else []
+        if self.sqlite:
+            return cur.fetchall() if cur.description is not None else []
+        # not cur.description: it builds a Column per column, every time
+        result = cur.pgresult
+        rows = result is not None and result.status == ExecStatus.TUPLES_OK
+        return cur.fetchall() if rows else []
 
     def first(self, stmt: ClauseElement, params: dict[str, Any] | None = None) -> Any:
         cur = self._execute(stmt, params, True)
