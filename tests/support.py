@@ -8,7 +8,6 @@ import queue
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from tests import forkserver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -180,7 +181,7 @@ class WorkerProcess:
         self.log_path = Path(f"/tmp/dbos_celery_tests/{env.schema}-{name}-{time.time_ns()}.log")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "celery", "-A", app, "worker",
+            "-A", app, "worker",
             "-P", pool, "-c", str(concurrency), "-l", "info",
             "--without-mingle", "--without-gossip", "--without-heartbeat",
             "-Q", queues or env.queue, "-n", f"{name}-{time.time_ns()}@%h",
@@ -188,10 +189,9 @@ class WorkerProcess:
         full_env = {**os.environ, **env.vars(), **(extra_env or {})}
         full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+        # `python -m celery *cmd` in a session of its own, forked from a
+        # process that has imported Celery and the package (tests/forkserver.py)
+        self.proc = forkserver.start(cmd, full_env, self.log_path, self._log)
 
     def wait_ready(self, timeout: float = 30.0) -> WorkerProcess:
         wait_for(lambda: b" ready." in self.log_path.read_bytes(), timeout, self.describe)
