@@ -18,6 +18,7 @@ import pytest
 
 from dbos_celery import Durable
 from examples.checkout.app import charge, checkout, payment_webhook
+from examples.checkout.app import durable as example_durable
 
 if TYPE_CHECKING:
     from dbos_celery.testing import TestDatabase
@@ -28,9 +29,10 @@ pytestmark = pytest.mark.embedded
 
 @pytest.fixture
 def durable_instance() -> Durable:
-    from examples.checkout.app import durable
-
-    return durable
+    # the Durable of the module imported above, whose workflows the tests
+    # run: not whatever examples.checkout.app is now (test_messaging.py
+    # imports the example afresh, a module of its own, in the same process)
+    return example_durable
 
 
 @pytest.fixture
