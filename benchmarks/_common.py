@@ -127,6 +127,23 @@ def bare_commits(schema: str, n: int, spacing: float = 0.0) -> list[float]:
         bare.close()
 
 
+def round_trips(n: int, spacing: float) -> list[float]:
+    """Seconds per ``SELECT 1`` (one round trip to a Postgres backend, no
+    disk), ``spacing`` seconds apart: what one hop between processes costs
+    when the machine idles between messages."""
+    conn = psycopg.connect(DATABASE_URL, autocommit=True)
+    try:
+        out = []
+        for _ in range(n + 5):
+            t0 = time.perf_counter()
+            conn.execute("SELECT 1")
+            out.append(time.perf_counter() - t0)
+            time.sleep(spacing)
+        return out[5:]
+    finally:
+        conn.close()
+
+
 def bare_pubsub_hops(n: int = 1000, spacing: float = 0.002) -> list[float]:
     """Seconds from PUBLISH to a subscriber thread in this process holding the
     message (the same get_message loop as dbos_celery's subscriber)."""

@@ -41,6 +41,7 @@ from benchmarks._common import (  # noqa: E402
     ms,
     new_schema,
     pct,
+    round_trips,
     sql,
     summary,
     table,
@@ -143,6 +144,7 @@ def main() -> None:
         print(f"dbos_celery messaging benchmark (schema {schema})", flush=True)
         bare = bare_commits(schema, 500)
         bare_spaced = {s: bare_commits(schema, n, s) for s, n in ((0.05, 60), (0.5, 16))}
+        hop_spaced = {s: round_trips(n, s) for s, n in ((0.0, 200), (0.05, 60), (0.5, 16))}
         hops = bare_pubsub_hops(1000)
 
         head = ("", "p50", "p99", "mean", "n")
@@ -192,6 +194,8 @@ def main() -> None:
                 head,
                 row("bare INSERT+COMMIT (psycopg)", bare),
                 *(row(f"  the same, {s * 1000:g} ms apart", v) for s, v in bare_spaced.items()),
+                *(row(f"SELECT 1 round trip, {s * 1000:g} ms apart", v)
+                  for s, v in hop_spaced.items()),
                 row("Redis PUBLISH -> subscriber thread", hops),
                 ("sum (one commit + one hop)",
                  ms(statistics.median(bare) + statistics.median(hops)), "", "", ""),
