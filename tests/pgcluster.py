@@ -113,6 +113,14 @@ class PgCluster:
         self._ctl("stop")
         wait_for(lambda: not self.alive(), 30)
 
+    def crash(self) -> None:
+        """Immediate shutdown, as at a power cut: the WAL the server had not
+        flushed (asynchronous commits still in its buffers) is lost; the
+        next start replays what is on disk."""
+        _run(["pg_ctlcluster", "--skip-systemctl-redirect", "--mode", "immediate",
+              self.version, self.name, "stop"], 60)  # fmt: skip
+        wait_for(lambda: not self.alive(), 30)
+
     def restart(self) -> None:
         self._ctl("restart")
         wait_for(self.alive, 30)
