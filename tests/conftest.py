@@ -22,6 +22,7 @@ import pytest
 from kombu import Connection
 
 from tests import servers, support
+from tests.proxy import DropReplyProxy
 from tests.support import Env, WorkerProcess
 
 _SERVERS = pytest.StashKey[servers.Servers]()
@@ -151,3 +152,16 @@ def workers(env: Env) -> Iterator[list[WorkerProcess]]:
     finally:
         for w in started:
             w.kill()
+
+
+@pytest.fixture
+def proxy(env: Env) -> Iterator[DropReplyProxy]:
+    """A TCP proxy in front of the test's Postgres that can lose a committed
+    statement's answer (``arm``); Postgres only."""
+    if env.backend != "postgres":
+        pytest.skip("a TCP proxy in front of Postgres")
+    p = DropReplyProxy()
+    try:
+        yield p
+    finally:
+        p.close()

@@ -17,16 +17,17 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import psycopg
 import pytest
 
 from tests.servers import PrivateRedis
-from tests.support import wait_for
+from tests.support import Env, wait_for
 
-__all__ = ["PgCluster", "PrivateRedis", "free_port", "private_cluster"]
+__all__ = ["PgCluster", "PrivateRedis", "app_on_cluster", "free_port", "private_cluster"]
 
 ETC = Path("/etc/postgresql")
 
@@ -175,6 +176,26 @@ def private_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.drop()
+
+
+def app_on_cluster(
+    pg: PgCluster, env: Env, build: Callable[[dict[str, str]], SimpleNamespace], **extra: str
+) -> Iterator[SimpleNamespace]:
+    """The body of a test's ``ns`` fixture whose library tables live in the
+    private cluster ``pg`` (the ledger and gates stay in the shared server,
+    ``env``); ``extra``: more variables. The workers the test starts get the
+    same variables. Its schema in the cluster is dropped afterwards."""
+    pg.ensure_started()
+    env.extra.update({"DBOS_TEST_DATABASE_URL": pg.url, **extra})
+    built = build(env.vars())
+    built.durable.migrate()
+    try:
+        yield built
+    finally:
+        built.durable.close()
+        pg.ensure_started()
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{env.schema}" CASCADE')
 
 
 if __name__ == "__main__":

@@ -20,17 +20,6 @@ N = 10
 
 
 @pytest.fixture
-def proxy(env: Env) -> Iterator[DropReplyProxy]:
-    if env.backend != "postgres":
-        pytest.skip("a TCP proxy in front of Postgres")
-    p = DropReplyProxy()
-    try:
-        yield p
-    finally:
-        p.close()
-
-
-@pytest.fixture
 def via_proxy(env: Env, proxy: DropReplyProxy) -> Iterator[SimpleNamespace]:
     """A producer whose database connections go through the proxy."""
     built = build({**env.vars(), "DBOS_TEST_DATABASE_URL": proxy.url(env.database_url)})

@@ -9,10 +9,7 @@ final commit that carried a held checkpoint costs nothing."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from types import SimpleNamespace
-
-import pytest
 
 from tests.apps.held import build
 from tests.proxy import DropReplyProxy
@@ -60,17 +57,6 @@ def test_a_kill_reruns_only_a_step_whose_checkpoint_was_still_held(
     assert _runs(env, "steps") == {"a": 1, "b": 2}  # b was running: again
     assert _runs(env, "waits") == {"a": 1}
     assert _checkpoints(env, "code") == ["held.effect"]
-
-
-@pytest.fixture
-def proxy(env: Env) -> Iterator[DropReplyProxy]:
-    if env.backend != "postgres":
-        pytest.skip("a TCP proxy in front of Postgres")
-    p = DropReplyProxy()
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def test_a_lost_answer_to_the_final_commit_with_a_held_checkpoint_costs_nothing(

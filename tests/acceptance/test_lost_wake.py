@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from tests.apps.park import build
-from tests.pgcluster import PgCluster, private_cluster
+from tests.pgcluster import PgCluster, app_on_cluster, private_cluster
 from tests.support import Env, WorkerProcess, start_worker, wait_for
 
 APP = "tests.apps.park"
@@ -28,14 +28,7 @@ def pg(services: None) -> Iterator[PgCluster]:
 
 @pytest.fixture
 def ns(env: Env, pg: PgCluster) -> Iterator[SimpleNamespace]:
-    pg.ensure_started()
-    env.extra["DBOS_TEST_DATABASE_URL"] = pg.url
-    built = build(env.vars())
-    built.durable.migrate()
-    try:
-        yield built
-    finally:
-        built.durable.close()
+    yield from app_on_cluster(pg, env, build)
 
 
 def _sql(pg: PgCluster, env: Env, query: str) -> list[tuple[object, ...]]:

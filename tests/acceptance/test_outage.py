@@ -19,7 +19,7 @@ import pytest
 
 from dbos_celery import DatabaseUnavailableError, NonExistentWorkflowError
 from tests.apps.outage import build
-from tests.pgcluster import PgCluster, private_cluster
+from tests.pgcluster import PgCluster, app_on_cluster, private_cluster
 from tests.support import Env, WorkerProcess, open_gate, start_worker, wait_for
 
 RETRY = 2.0  # database_retry_timeout of the test process and the workers
@@ -35,19 +35,8 @@ def pg(services: None) -> Iterator[PgCluster]:
 def ns(env: Env, pg: PgCluster) -> Iterator[SimpleNamespace]:
     """The test's app + Durable: tables in the private cluster, ledger and
     gates in the shared server (``env``); workers get the same variables."""
-    pg.ensure_started()
-    env.extra["DBOS_TEST_DATABASE_URL"] = pg.url
-    env.extra["DBOS_TEST_LEDGER_URL"] = env.database_url
-    env.extra["DBOS_TEST_DB_RETRY_TIMEOUT"] = str(RETRY)
-    built = build(env.vars())
-    built.durable.migrate()
-    try:
-        yield built
-    finally:
-        built.durable.close()
-        pg.ensure_started()
-        with psycopg.connect(pg.url, autocommit=True) as conn:
-            conn.execute(f'DROP SCHEMA IF EXISTS "{env.schema}" CASCADE')
+    yield from app_on_cluster(pg, env, build, DBOS_TEST_LEDGER_URL=env.database_url,
+                              DBOS_TEST_DB_RETRY_TIMEOUT=str(RETRY))  # fmt: skip
 
 
 def _lib_sql(pg: PgCluster, env: Env, query: str, *params: object) -> list[tuple[object, ...]]:
