@@ -6,10 +6,9 @@ running the step. Otherwise it runs, with retries, and its outcome is
 committed before the call returns (with ``defer_checkpoint``: with the
 workflow's next durable write, ``checkpoint.py``). A step interrupted before
 its checkpoint commits may run again: steps are at-least-once until they
-commit. When the
-processes that ran it died in it (a hard time limit, a crash), those deaths
-count against it, so that a step that kills its process fails instead of
-looping (``store/kills.py``).
+commit. When the processes that ran it died in it (a hard time limit, a
+crash), those deaths count against it, so that a step that kills its
+process fails instead of looping (``store/kills.py``).
 """
 
 from __future__ import annotations
