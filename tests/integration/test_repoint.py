@@ -270,6 +270,18 @@ def test_a_worker_in_a_block_has_its_own_beater_killed_when_the_block_ends(
     assert _beaters(others) == set()
 
 
+def _waits_for_go(d: Durable) -> Any:
+    """A workflow that sets the event "waiting", then returns what it recvs
+    on topic "go"."""
+
+    @d.workflow()
+    def waits() -> Any:
+        d.set_event("waiting", True)
+        return d.recv("go", timeout=TIMEOUT)
+
+    return waits
+
+
 # --- one worker after another in a process ------------------------------------------
 
 
@@ -277,11 +289,7 @@ def test_a_cold_shutdown_parks_the_waiting_workflows_and_stops_the_workers_threa
     own: Durable,
 ) -> None:
     d = own
-
-    @d.workflow()
-    def waits() -> Any:
-        d.set_event("waiting", True)
-        return d.recv("go", timeout=TIMEOUT)
+    waits = _waits_for_go(d)
 
     before = set(threading.enumerate())
     with _worker(d.app):  # Celery's test worker: a cold shutdown
@@ -301,11 +309,7 @@ def test_a_second_worker_in_the_process_does_not_see_the_first_ones_shutdown(
     own: Durable,
 ) -> None:
     d = own
-
-    @d.workflow()
-    def waits() -> Any:
-        d.set_event("waiting", True)
-        return d.recv("go", timeout=TIMEOUT)
+    waits = _waits_for_go(d)
 
     with _worker(d.app) as first:
         _stop_warm(first)
